@@ -1,0 +1,186 @@
+"""``edge-agent``: run the pipeline (optionally under a controller over MQTT), or profile a device."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge_agent.console import StatusLine, print_profile, print_summary, status_line
+from edge_agent.engines import load_engine
+from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
+from edge_agent.probes import auto_probe
+from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
+from edge_agent.sources import open_sources
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
+DEFAULT_LABELS = SAMPLES / "models" / "coco.names"
+DEFAULT_VIDEO = SAMPLES / "video" / "vtest.avi"
+
+log = logging.getLogger("edge_agent")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def batch_list(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be integers >= 1")
+    return sorted(set(sizes))
+
+
+def load_labels_for(model: Path, labels: Path | None) -> list[str]:
+    path = labels or (model.parent / "coco.names" if (model.parent / "coco.names").exists() else DEFAULT_LABELS)
+    if not path.exists():
+        raise ModelError(str(path), "labels file not found")
+    return load_labels(path)
+
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", dest="sources", metavar="PATH_OR_URL",
+                   help="video file, camera index or rtsp/http URL; repeat for several streams "
+                   "(default: the sample video)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: sample NanoDet-m)")
+    p.add_argument("--labels", type=Path, default=None, help="class names, one per line (default: coco.names)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="initial batch size (default 4)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--realtime", dest="realtime", action="store_true", default=True,
+                      help="pace sources at their fps, drop the oldest frame on overload (default)")
+    mode.add_argument("--offline", dest="realtime", action="store_false",
+                      help="as fast as possible, never drop: back-pressure to the sources")
+    p.add_argument("--fps", type=float, default=None, help="override the sources' frame rate")
+    p.add_argument("--deadline-ms", type=float, default=1000.0, help="end-to-end deadline per frame (default 1000)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames in total")
+    p.add_argument("--loop", action="store_true", help="loop video files (endless demo)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline on one or more streams")
+    add_pipeline_args(run)
+    run.add_argument("--detections", type=Path, default=None, help="write detections as JSON lines here")
+    run.add_argument("--annotated", type=Path, default=None, help="write annotated MJPG video per stream here")
+    run.add_argument("--summary", type=Path, default=None, help="write the end-of-run figures as JSON here")
+    run.add_argument("--broker", default=None, help="mqtt://[user:pass@]host[:port]: obey a controller")
+    run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
+    run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
+    run.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds between telemetry messages")
+
+    prof = sub.add_parser("profile", help="measure pre/infer/post per batch size (the paper's Table 1)")
+    prof.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    prof.add_argument("--labels", type=Path, default=None)
+    prof.add_argument("--source", default=str(DEFAULT_VIDEO), help="video to take frames from")
+    prof.add_argument("--batch-sizes", type=batch_list, default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
+    prof.add_argument("--fps", type=float, default=None, help="input rate for the real-time condition "
+                      "(default: the video's)")
+    prof.add_argument("--batches", type=positive_int, default=8, help="batches measured per size (default 8)")
+    prof.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    prof.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
+    return parser
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    labels = load_labels_for(args.model, args.labels)
+    engine = await asyncio.to_thread(load_engine, args.model)
+    sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
+    sinks: list[FrameSink] = []
+    if args.detections:
+        sinks.append(JsonLinesSink(args.detections))
+    if args.annotated:
+        sinks.append(AnnotatedVideoSink(args.annotated, fps=sources[0].info.fps if sources[0].info else 10.0))
+    config = PipelineConfig(
+        batch_size=args.batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
+    )
+    pipeline = Pipeline(sources, engine, NanoDetDecoder(labels), config, sinks, model=args.model.stem)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, pipeline.stop)
+        loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
+    line = StatusLine()
+    if args.broker:
+        from edge_agent.agent import Agent, AgentSettings
+
+        settings = AgentSettings.from_cli(args)
+        agent = Agent(pipeline, auto_probe(), settings, on_window=lambda w: line.update(
+            status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
+                        pipeline.queue_depths())))
+        summary = await agent.run()
+    else:
+        async def show() -> None:
+            await pipeline.started.wait()
+            while True:
+                await asyncio.sleep(1.0)
+                w = pipeline.stats.take_window()
+                line.update(status_line(w, pipeline.batch_size, pipeline.stats.dropped,
+                                        pipeline.stats.deadline_misses, pipeline.queue_depths()))
+
+        shower = asyncio.create_task(show(), name="status-line")
+        try:
+            summary = await pipeline.run()
+        finally:
+            shower.cancel()
+    line.finish()
+    print_summary(summary)
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(summary.model_dump_json(indent=2))
+    return 0
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    from edge_agent.profiler import run_profile
+
+    labels = load_labels_for(args.model, args.labels)
+    load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
+    probe = auto_probe()
+    report = run_profile(
+        args.model, args.source, args.batch_sizes, NanoDetDecoder(labels), probe, fps=args.fps,
+        batches=args.batches, backend=args.backend, progress=lambda m: print(m, file=sys.stderr),
+    )
+    print_profile(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.model_dump_json(indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return asyncio.run(run_command(args))
+        if args.command == "profile":
+            return profile_command(args)
+    except EdgeAgentError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

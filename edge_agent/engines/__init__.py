@@ -1,0 +1,49 @@
+"""Inference backends, one module each, behind the InferenceEngine Protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.engines import onnxruntime as _ort
+from edge_agent.engines.base import InferenceEngine, padded_batch_size, run_padded
+from edge_agent.errors import BackendUnavailable
+
+EngineFactory = Callable[[str | Path], InferenceEngine]
+
+
+def _onnxruntime(path: str | Path) -> InferenceEngine:
+    return _ort.OnnxRuntimeEngine(path)
+
+
+def _tensorrt(path: str | Path) -> InferenceEngine:
+    from edge_agent.engines import tensorrt as _trt  # import-guarded inside the module
+
+    return _trt.TensorRtEngine(path)
+
+
+BACKENDS: dict[str, EngineFactory] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+FORMAT_BACKEND = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
+
+
+def load_engine(path: str | Path, backend: str = "onnxruntime") -> InferenceEngine:
+    try:
+        factory = BACKENDS[backend]
+    except KeyError:
+        raise BackendUnavailable(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}") from None
+    return factory(path)
+
+
+def available_backends() -> list[str]:
+    found = ["onnxruntime"] if _ort.available() else []
+    try:
+        from edge_agent.engines import tensorrt as _trt
+
+        if _trt.available():
+            found.append("tensorrt")
+    except ImportError:
+        pass
+    return found
+
+
+__all__ = ["BACKENDS", "InferenceEngine", "available_backends", "load_engine", "padded_batch_size", "run_padded"]

@@ -1,0 +1,78 @@
+"""The inference-engine Protocol every backend implements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_agent.errors import ModelError
+from edge_agent.nanodet import INPUT_SIZE, OUTPUT_NAMES
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    """A loaded model that runs one batch at a time, on the thread that calls it."""
+
+    backend: str
+    path: str
+
+    @property
+    def batch_sizes(self) -> frozenset[int] | None:
+        """Batch sizes it can run: None for any size (dynamic batch axis)."""
+        ...
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a float32 [B, 3, 416, 416] batch; return the NanoDet output tensors by name."""
+        ...
+
+    def memory_bytes(self) -> int | None:
+        """Device memory this engine holds, if the backend can tell."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def padded_batch_size(engine: InferenceEngine, frames: int) -> int:
+    """The batch the engine must run to serve ``frames`` images (static engines pad)."""
+    sizes = engine.batch_sizes
+    if sizes is None or frames in sizes:
+        return frames
+    fitting = sorted(s for s in sizes if s >= frames)
+    if not fitting:
+        raise ValueError(f"engine serves batch sizes {sorted(sizes)}, cannot run {frames} frames")
+    return fitting[0]
+
+
+def run_padded(engine: InferenceEngine, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``batch`` on ``engine``, padding with zeros to a size a static engine serves."""
+    frames = batch.shape[0]
+    size = padded_batch_size(engine, frames)
+    if size != frames:
+        pad = np.zeros((size - frames, *batch.shape[1:]), dtype=batch.dtype)
+        batch = np.concatenate([batch, pad])
+    return engine.infer(batch)
+
+
+def check_model_path(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(str(path), "file not found")
+    if not p.is_file():
+        raise ModelError(str(path), "not a file")
+    return p
+
+
+def check_io(path: str, input_shape: list[object], output_names: list[str]) -> frozenset[int] | None:
+    """Validate that a model fits the NanoDet decoder; return its static batch size if any."""
+    if len(input_shape) != 4:
+        raise ModelError(path, f"input has rank {len(input_shape)}, expected [batch, 3, {INPUT_SIZE}, {INPUT_SIZE}]")
+    _, c, h, w = input_shape
+    if (c, h, w) != (3, INPUT_SIZE, INPUT_SIZE):
+        raise ModelError(path, f"input shape {input_shape} does not fit [batch, 3, {INPUT_SIZE}, {INPUT_SIZE}]")
+    missing = sorted(set(OUTPUT_NAMES) - set(output_names))
+    if missing:
+        raise ModelError(path, f"outputs {missing} missing: not a NanoDet-m 416 model")
+    batch = input_shape[0]
+    return frozenset({batch}) if isinstance(batch, int) and batch > 0 else None

@@ -1,0 +1,33 @@
+"""Errors of the edge agent; third-party errors are translated here with ``raise ... from``."""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error the agent reports to a user."""
+
+
+class ModelError(EdgeAgentError):
+    """A model file that is missing, unreadable, or does not fit the decoder."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"model {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class SourceError(EdgeAgentError):
+    """A video source that cannot be opened or read."""
+
+    def __init__(self, uri: str, problem: str) -> None:
+        super().__init__(f"source {uri}: {problem}")
+        self.uri = uri
+        self.problem = problem
+
+
+class BackendUnavailable(EdgeAgentError):
+    """An inference backend or probe whose runtime is not installed on this device."""
+
+
+class SwapError(EdgeAgentError):
+    """An engine swap that was refused or failed; the serving engine keeps serving."""

@@ -1,0 +1,391 @@
+"""The asyncio pipeline: sources -> preprocess -> batcher -> infer -> postprocess -> sinks.
+
+Each stage is a task; bounded queues join them so CPU and inference work overlap. Blocking work
+(decode, resize, inference, NMS) runs on executor threads; the loop only moves frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edge_agent.engines import InferenceEngine, padded_batch_size, run_padded
+from edge_agent.errors import SwapError
+from edge_agent.frames import Batch, Frame
+from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
+from edge_agent.sources import VideoSource, monotonic_to_wall
+from edge_agent.stats import PipelineStats
+from schemas import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class _EndOfStream:
+    """Marker passed down every queue once all sources are done."""
+
+
+END = _EndOfStream()
+
+
+class FrameSink(Protocol):
+    """Where finished frames go (JSON lines, annotated video, MQTT, ...)."""
+
+    async def write(self, frames: Sequence[Frame]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class PipelineConfig:
+    batch_size: int = 4
+    realtime: bool = True
+    deadline_ms: float = 1000.0
+    max_frames: int | None = None
+    ingress_capacity: int = 16
+    ready_capacity: int = 8
+    batch_queue_capacity: int = 2
+
+
+@dataclass
+class ServingConfig:
+    """What the batcher assembles for: switched as a whole at a batch boundary."""
+
+    engine: InferenceEngine
+    batch_size: int
+    model: str = "nanodet-m-416-coco"
+    version: str = "1"
+    generation: int = 0
+    switched: asyncio.Future[float] | None = field(default=None, repr=False)
+
+
+@dataclass
+class _AssembledBatch:
+    batch: Batch
+    serving: ServingConfig
+
+
+class ServiceTimeEstimate:
+    """Expected infer+post time per batch size (EWMA), used for deadline dispatch."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._by_size: dict[int, float] = {}
+
+    def update(self, batch_size: int, seconds: float) -> None:
+        old = self._by_size.get(batch_size)
+        self._by_size[batch_size] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def expected(self, batch_size: int) -> float:
+        if batch_size in self._by_size:
+            return self._by_size[batch_size]
+        if not self._by_size:
+            return 0.0
+        # Scale the nearest known size linearly: a good first guess until measured.
+        nearest = min(self._by_size, key=lambda s: abs(s - batch_size))
+        return self._by_size[nearest] * batch_size / nearest
+
+
+class Pipeline:
+    def __init__(
+        self,
+        sources: Sequence[VideoSource],
+        engine: InferenceEngine,
+        decoder: NanoDetDecoder,
+        config: PipelineConfig | None = None,
+        sinks: Sequence[FrameSink] = (),
+        model: str = "nanodet-m-416-coco",
+        version: str = "1",
+    ) -> None:
+        self.config = config or PipelineConfig()
+        self.sources = list(sources)
+        self.decoder = decoder
+        self.sinks = list(sinks)
+        self.stats = PipelineStats()
+        self.service_time = ServiceTimeEstimate()
+        self._check_batch_size(engine, self.config.batch_size)
+        self.serving = ServingConfig(engine, self.config.batch_size, model, version)
+        self._ingress: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ingress_capacity)
+        self._ready: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ready_capacity)
+        self._batches: asyncio.Queue[_AssembledBatch | _EndOfStream] = asyncio.Queue(
+            self.config.batch_queue_capacity
+        )
+        self._inferred: asyncio.Queue[_AssembledBatch | _EndOfStream] = asyncio.Queue(
+            self.config.batch_queue_capacity
+        )
+        self._stopping = asyncio.Event()
+        self._accepted = 0
+        self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix="pre")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
+        self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
+        self.started = asyncio.Event()
+
+    # --- control ------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return self.serving.batch_size
+
+    @staticmethod
+    def _check_batch_size(engine: InferenceEngine, batch_size: int) -> None:
+        if batch_size < 1:
+            raise SwapError(f"batch size must be >= 1, got {batch_size}")
+        sizes = engine.batch_sizes
+        if sizes is not None and batch_size not in sizes:
+            raise SwapError(f"engine {engine.path} serves batch sizes {sorted(sizes)}, not {batch_size}")
+
+    def switch(
+        self,
+        batch_size: int | None = None,
+        engine: InferenceEngine | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        generation: int | None = None,
+    ) -> asyncio.Future[float]:
+        """Serve a new batch size and/or engine from the next batch boundary on.
+
+        Returns a future that resolves (with the monotonic time) when the first batch at the new
+        setting has been inferred. The old engine is released after its last batch.
+        """
+        current = self.serving
+        new_engine = engine or current.engine
+        new_size = batch_size or current.batch_size
+        self._check_batch_size(new_engine, new_size)
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if current.switched is not None and not current.switched.done():
+            current.switched.cancel()  # superseded before it took effect
+        self.serving = ServingConfig(
+            new_engine,
+            new_size,
+            model or current.model,
+            version or current.version,
+            current.generation if generation is None else generation,
+            done,
+        )
+        return done
+
+    def set_batch_size(self, batch_size: int) -> asyncio.Future[float]:
+        return self.switch(batch_size=batch_size)
+
+    def stop(self) -> None:
+        """Stop reading sources; frames already accepted are still processed."""
+        self._stopping.set()
+
+    def queue_depths(self) -> dict[str, int]:
+        return {
+            "ingress": self._ingress.qsize(),
+            "ready": self._ready.qsize(),
+            "batches": self._batches.qsize(),
+            "inferred": self._inferred.qsize(),
+        }
+
+    @property
+    def source_fps_total(self) -> float:
+        return sum(s.info.fps for s in self.sources if s.info is not None)
+
+    # --- stages -------------------------------------------------------------------------
+
+    async def _read_source(self, source: VideoSource) -> None:
+        assert source.info is not None
+        interval = 1.0 / source.info.fps
+        pace = self.config.realtime and not source.info.live
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        seq = 0
+        deadline_s = self.config.deadline_ms / 1000.0
+        while not self._stopping.is_set():
+            if pace:
+                delay = t0 + seq * interval - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    if self._stopping.is_set():
+                        break
+            image = await loop.run_in_executor(None, source.read)
+            if image is None:
+                break
+            if self.config.max_frames is not None and self._accepted >= self.config.max_frames:
+                self.stop()
+                break
+            now = time.monotonic()
+            frame = Frame(source.stream_id, seq, image, now, now + deadline_s, monotonic_to_wall(now))
+            seq += 1
+            self._accepted += 1
+            self.stats.frame_in()
+            if self.config.realtime:
+                if self._ingress.full():
+                    self._ingress.get_nowait()  # drop the oldest frame, never silently
+                    self.stats.dropped += 1
+                self._ingress.put_nowait(frame)
+            else:
+                await self._ingress.put(frame)
+
+    async def _read_sources(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for s in self.sources:
+                    tg.create_task(self._read_source(s), name=f"source[{s.stream_id}]")
+        finally:
+            self.stats.corrupt = sum(s.corrupt for s in self.sources)
+            await self._ingress.put(END)
+
+    async def _preprocess(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._ingress.get()
+            if isinstance(item, _EndOfStream):
+                await self._ready.put(END)
+                return
+            if not is_valid_image(item.image):
+                self.stats.corrupt += 1
+                log.warning("stream %s frame %d is not a valid image; skipped", item.stream_id, item.seq)
+                continue
+            item.t_pre_start = time.monotonic()
+            item.tensor = await loop.run_in_executor(self._pre_pool, preprocess, item.image)
+            item.t_pre_end = time.monotonic()
+            await self._ready.put(item)
+
+    async def _assemble(self) -> None:
+        """Dispatch a batch when it is full, or when waiting longer would make its oldest frame
+        miss its deadline (real-time mode), or at the end of the stream."""
+        pending: list[Frame] = []
+        ended = False
+        while not ended or pending:
+            if not pending and not ended:
+                item = await self._ready.get()
+                if isinstance(item, _EndOfStream):
+                    break
+                pending.append(item)
+            serving = self.serving
+            target = serving.batch_size
+            while len(pending) < target and not ended:
+                try:
+                    item = self._ready.get_nowait()
+                except asyncio.QueueEmpty:
+                    if self.config.realtime:
+                        latest_start = min(f.deadline for f in pending) - self.service_time.expected(target)
+                        wait_s = latest_start - time.monotonic()
+                        if wait_s <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(self._ready.get(), wait_s)
+                        except TimeoutError:
+                            break
+                    else:
+                        item = await self._ready.get()
+                if isinstance(item, _EndOfStream):
+                    ended = True
+                else:
+                    pending.append(item)
+            frames, pending = pending[:target], pending[target:]
+            await self._batches.put(_AssembledBatch(Batch(frames, target_size=target), serving))
+        await self._batches.put(END)
+
+    def _infer_blocking(self, assembled: _AssembledBatch, retire: InferenceEngine | None) -> None:
+        if retire is not None:
+            retire.close()
+        batch = assembled.batch
+        engine = assembled.serving.engine
+        start = time.monotonic()
+        tensor = np.stack([f.tensor for f in batch.frames])  # type: ignore[misc]
+        batch.engine_batch_size = padded_batch_size(engine, len(batch.frames))
+        batch.outputs = run_padded(engine, tensor)
+        end = time.monotonic()
+        batch.infer_ms = (end - start) * 1000.0
+        for f in batch.frames:
+            f.t_infer_start, f.t_infer_end = start, end
+            f.tensor = None  # free the input early
+
+    async def _infer(self) -> None:
+        loop = asyncio.get_running_loop()
+        last: ServingConfig | None = None
+        while True:
+            item = await self._batches.get()
+            if isinstance(item, _EndOfStream):
+                await self._inferred.put(END)
+                return
+            retire = None
+            if last is not None and last.engine is not item.serving.engine:
+                retire = last.engine  # its last batch is done: inference is sequential
+            await loop.run_in_executor(self._infer_pool, self._infer_blocking, item, retire)
+            if item.serving.switched is not None and not item.serving.switched.done():
+                item.serving.switched.set_result(time.monotonic())
+            last = item.serving
+            await self._inferred.put(item)
+
+    def _post_blocking(self, batch: Batch) -> None:
+        start = time.monotonic()
+        assert batch.outputs is not None
+        sizes = [f.image.shape[:2] for f in batch.frames]
+        detections = self.decoder.decode_batch(batch.outputs, sizes)
+        end = time.monotonic()
+        batch.outputs = None
+        batch.post_ms = (end - start) * 1000.0
+        for f, dets in zip(batch.frames, detections, strict=True):
+            f.detections = dets
+            f.t_post_end = end
+
+    async def _postprocess(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._inferred.get()
+            if isinstance(item, _EndOfStream):
+                return
+            batch = item.batch
+            await loop.run_in_executor(self._post_pool, self._post_blocking, batch)
+            self.service_time.update(item.serving.batch_size, (batch.infer_ms + batch.post_ms) / 1000.0)
+            self.stats.batch_done(batch)
+            for listener in self.batch_listeners:
+                listener(batch, item.serving)
+            for sink in self.sinks:
+                await sink.write(batch.frames)
+
+    # --- run ----------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        """Run until the sources end, ``max_frames`` is reached, or ``stop()``; then drain."""
+        for s in self.sources:
+            if s.info is None:
+                await asyncio.to_thread(s.open)
+        t0 = time.monotonic()
+        self.started.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_sources(), name="pipeline.sources")
+                tg.create_task(self._preprocess(), name="pipeline.preprocess")
+                tg.create_task(self._assemble(), name="pipeline.batcher")
+                tg.create_task(self._infer(), name="pipeline.infer")
+                tg.create_task(self._postprocess(), name="pipeline.postprocess")
+        finally:
+            for sink in self.sinks:
+                await sink.close()
+            for s in self.sources:
+                s.close()
+            for pool in (self._pre_pool, self._infer_pool, self._post_pool):
+                pool.shutdown(wait=False)
+        return self.summary(time.monotonic() - t0)
+
+    def summary(self, duration_s: float) -> RunSummary:
+        totals = self.stats.run_totals()
+        return RunSummary(
+            mode="realtime" if self.config.realtime else "offline",
+            streams=len(self.sources),
+            duration_s=round(duration_s, 3),
+            frames_in=totals.frames_in,
+            frames_out=totals.frames_out,
+            dropped=self.stats.dropped,
+            corrupt=self.stats.corrupt,
+            deadline_misses=self.stats.deadline_misses,
+            fps_out=round(totals.frames_out / max(duration_s, 1e-6), 2),
+            batch_size=self.batch_size,
+            batches_by_size=totals.batch_sizes,
+            latency=dict(totals.latency),
+        )

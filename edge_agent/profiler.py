@@ -1,0 +1,142 @@
+"""Offline per-batch-size profile (the paper's Table 1): pre, infer, post, total, real-time margin,
+throughput and peak memory, measured sequentially so each stage time is clean."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from edge_agent.engines import InferenceEngine, load_engine, run_padded
+from edge_agent.nanodet import NanoDetDecoder, preprocess
+from edge_agent.probes import ResourceProbe
+from edge_agent.sources import VideoSource
+from schemas import ProfileReport, ProfileRow
+
+
+class PeakMemorySampler:
+    """Polls a memory figure on a thread and keeps the peak."""
+
+    def __init__(self, read: Callable[[], int], interval_s: float = 0.005) -> None:
+        self._read = read
+        self._interval = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+
+
+def read_frames(uri: str, count: int) -> tuple[list[np.ndarray], float]:
+    """Decode up to ``count`` frames (looping a short file) and return them with the file's fps."""
+    source = VideoSource(uri, "profile", loop=True)
+    info = source.open()
+    frames: list[np.ndarray] = []
+    try:
+        while len(frames) < count:
+            frame = source.read()
+            if frame is None:
+                break
+            frames.append(frame)
+    finally:
+        source.close()
+    return frames, info.fps
+
+
+def profile_batch_size(
+    engine: InferenceEngine, decoder: NanoDetDecoder, frames: list[np.ndarray], batch_size: int, batches: int
+) -> tuple[float, float, float]:
+    """Mean (pre_ms, infer_ms, post_ms) per batch over ``batches`` batches after one warm-up."""
+    pre_t: list[float] = []
+    infer_t: list[float] = []
+    post_t: list[float] = []
+    for b in range(batches + 1):
+        images = [frames[(b * batch_size + i) % len(frames)] for i in range(batch_size)]
+        t0 = time.perf_counter()
+        tensor = np.stack([preprocess(im) for im in images])
+        t1 = time.perf_counter()
+        outputs = run_padded(engine, tensor)
+        t2 = time.perf_counter()
+        decoder.decode_batch(outputs, [im.shape[:2] for im in images])
+        t3 = time.perf_counter()
+        if b > 0:  # the first batch warms caches and allocators up
+            pre_t.append(t1 - t0)
+            infer_t.append(t2 - t1)
+            post_t.append(t3 - t2)
+    return (float(np.mean(pre_t)) * 1000, float(np.mean(infer_t)) * 1000, float(np.mean(post_t)) * 1000)
+
+
+def run_profile(
+    model: str | Path,
+    source: str,
+    batch_sizes: list[int],
+    decoder: NanoDetDecoder,
+    probe: ResourceProbe,
+    fps: float | None = None,
+    batches: int = 8,
+    backend: str = "onnxruntime",
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> ProfileReport:
+    frames, file_fps = read_frames(source, max(64, min(256, max(batch_sizes) * 4)))
+    rate = fps or file_fps
+    process = psutil.Process()
+    gpu = probe.name != "host"
+
+    def memory_now() -> int:
+        if gpu:
+            sample = probe.sample()
+            return int(sample.process_gpu_memory_bytes or sample.gpu_memory_used_bytes or 0)
+        return int(process.memory_info().rss)
+
+    rows: list[ProfileRow] = []
+    for size in batch_sizes:
+        progress(f"batch {size}: loading engine and running {batches} batches ...")
+        with PeakMemorySampler(memory_now) as peak:
+            engine = load_engine(model, backend)
+            try:
+                pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches)
+            finally:
+                engine.close()
+        total = pre + infer + post
+        limit = size * 1000.0 / rate
+        rows.append(
+            ProfileRow(
+                batch_size=size,
+                pre_ms=round(pre, 2),
+                infer_ms=round(infer, 2),
+                post_ms=round(post, 2),
+                total_ms=round(total, 2),
+                realtime_limit_ms=round(limit, 2),
+                margin_ms=round(limit - total, 2),
+                meets_realtime=total < limit,
+                throughput_fps=round(size * 1000.0 / total, 2),
+                infer_fps=round(size * 1000.0 / infer, 2),
+                peak_memory_bytes=peak.peak,
+                memory_kind="gpu" if gpu else "process_rss",
+            )
+        )
+    return ProfileReport(
+        device=probe.device_name(),
+        backend=backend,
+        model=str(model),
+        source=source,
+        fps=rate,
+        batches_per_size=batches,
+        rows=rows,
+    )

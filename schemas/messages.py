@@ -1,0 +1,269 @@
+"""Every message that crosses a process boundary, as pydantic v2 models.
+
+Units are in the field names (``_ms``, ``_bytes``, ``_pct``); every payload carries
+``schema_version``; unknown fields are rejected so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="agent identifier")]
+BatchSize = Annotated[int, Field(ge=1, le=1024, description="frames per inference batch")]
+
+
+def now_s() -> float:
+    return time.time()
+
+
+class WireModel(BaseModel):
+    """Base of all wire messages: strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="wire schema version")
+
+
+class PayloadError(ValueError):
+    """A payload that is oversized, not JSON, or not of the expected shape."""
+
+    def __init__(self, reason: Literal["oversized", "invalid"], detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def decode(model: type[M], payload: bytes | str) -> M:
+    """Parse and validate one payload; raise PayloadError (never anything else) if it is bad."""
+    size = len(payload)
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversized", f"{size} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise PayloadError("invalid", f"{model.__name__}: {exc.error_count()} error(s): {exc.errors()[0]['msg']}") from exc
+
+
+def encode(message: WireModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+class Capabilities(WireModel):
+    backends: list[str] = Field(description="inference backends usable on this device")
+    platform: str = Field(description="e.g. x86_64-cpu, x86_64-cuda, jetson-orin")
+    gpu_name: str | None = Field(default=None, description="GPU model name, if any")
+    gpu_sm: str | None = Field(default=None, description="GPU compute capability, e.g. 8.7")
+    tensorrt_version: str | None = Field(default=None, description="TensorRT version, if installed")
+    cuda_version: str | None = Field(default=None, description="CUDA driver version, if any")
+    memory_total_bytes: int = Field(ge=0, description="accelerator memory (host memory where none)")
+
+
+class ServingState(WireModel):
+    model: str = Field(description="model name being served")
+    version: str = Field(description="model version being served")
+    batch_size: BatchSize
+    backend: str = Field(description="inference backend serving it")
+
+
+class AgentStatus(WireModel):
+    agent_id: AgentId
+    state: Literal["online", "offline"] = Field(description="availability; 'offline' is the last will")
+    ts: float = Field(default_factory=now_s, description="unix time of this status")
+    capabilities: Capabilities | None = Field(default=None, description="absent in the last will")
+    serving: ServingState | None = Field(default=None, description="what the agent serves now")
+    applied_generation: int = Field(default=0, ge=0, description="last desired-state generation applied")
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+class LatencyStats(WireModel):
+    count: int = Field(ge=0, description="samples in the window")
+    mean_ms: float = Field(ge=0, description="mean")
+    p50_ms: float = Field(ge=0, description="median")
+    p95_ms: float = Field(ge=0, description="95th percentile")
+    p99_ms: float = Field(ge=0, description="99th percentile")
+    max_ms: float = Field(ge=0, description="maximum")
+
+
+class ResourceSample(WireModel):
+    probe: str = Field(description="probe that took the sample: nvml, tegra, host")
+    gpu_util_pct: float | None = Field(default=None, ge=0, le=100, description="accelerator busy share")
+    gpu_memory_used_bytes: int | None = Field(default=None, ge=0, description="accelerator memory used")
+    gpu_memory_total_bytes: int | None = Field(default=None, ge=0, description="accelerator memory total")
+    process_gpu_memory_bytes: int | None = Field(default=None, ge=0, description="this process's GPU memory")
+    host_memory_used_bytes: int = Field(ge=0, description="host memory in use (total - available)")
+    host_memory_total_bytes: int = Field(ge=0, description="host memory total")
+    process_rss_bytes: int = Field(ge=0, description="resident memory of the agent process")
+    cpu_util_pct: float = Field(ge=0, le=100, description="host CPU busy share, all cores")
+
+    @property
+    def memory_used_ratio(self) -> float:
+        """Share of the memory that bounds batch growth: the GPU's if known, else the host's."""
+        if self.gpu_memory_used_bytes is not None and self.gpu_memory_total_bytes:
+            return self.gpu_memory_used_bytes / self.gpu_memory_total_bytes
+        return self.host_memory_used_bytes / max(1, self.host_memory_total_bytes)
+
+
+class Telemetry(WireModel):
+    agent_id: AgentId
+    seq: int = Field(ge=0, description="telemetry sequence number, +1 per message")
+    ts: float = Field(default_factory=now_s, description="unix time at the end of the window")
+    window_s: float = Field(gt=0, description="length of the stats window")
+    batch_size: BatchSize
+    batch_size_uniform: bool = Field(description="every batch in the window ran at batch_size")
+    applied_generation: int = Field(ge=0, description="last desired-state generation applied")
+    source_fps_total: float = Field(ge=0, description="nominal input rate of all streams together")
+    fps_in: float = Field(ge=0, description="frames accepted per second in the window")
+    fps_out: float = Field(ge=0, description="frames finished per second in the window")
+    frames_in: int = Field(ge=0, description="frames accepted since start")
+    frames_out: int = Field(ge=0, description="frames finished since start")
+    dropped: int = Field(ge=0, description="frames dropped on overload since start")
+    corrupt: int = Field(ge=0, description="unreadable frames skipped since start")
+    deadline_misses: int = Field(ge=0, description="frames finished after their deadline since start")
+    batches: int = Field(ge=0, description="batches in the window")
+    latency: dict[Literal["pre", "queue", "infer", "post", "e2e", "batch"], LatencyStats] = Field(
+        description="per-stage delay in the window; 'batch' is pre+infer+post of one batch"
+    )
+    queue_depths: dict[str, int] = Field(description="frames waiting in each stage queue")
+    resources: ResourceSample
+
+
+# --- desired state and events ---------------------------------------------------------------
+
+
+class DesiredState(WireModel):
+    agent_id: AgentId
+    generation: int = Field(ge=1, description="monotonic; an agent ignores generations it has passed")
+    batch_size: BatchSize | None = Field(default=None, description="batch size to run, None = keep")
+    model: str | None = Field(default=None, description="model name to serve, None = keep")
+    version: str | None = Field(default=None, description="model version to serve, None = keep")
+    reason: str = Field(default="", max_length=2000, description="why this was decided")
+    issued_by: str = Field(default="operator", description="controller id or operator")
+    ts: float = Field(default_factory=now_s, description="unix time of the decision")
+
+
+EventKind = Literal[
+    "desired_applied",
+    "desired_ignored",
+    "swap_started",
+    "swap_finished",
+    "swap_failed",
+    "payload_rejected",
+    "source_error",
+    "error",
+]
+
+
+class AgentEvent(WireModel):
+    agent_id: AgentId
+    kind: EventKind
+    ts: float = Field(default_factory=now_s, description="unix time of the event")
+    generation: int | None = Field(default=None, description="desired-state generation concerned")
+    detail: str = Field(default="", max_length=4000, description="human-readable explanation")
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="e.g. download, load, warmup")
+
+
+# --- detections -----------------------------------------------------------------------------
+
+
+class Detection(WireModel):
+    class_id: int = Field(ge=0, description="COCO class index")
+    label: str = Field(description="class name")
+    score: float = Field(ge=0, le=1, description="confidence")
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in frame pixels")
+
+
+class FrameDetections(WireModel):
+    stream_id: str = Field(description="source stream")
+    seq: int = Field(ge=0, description="frame number within the stream")
+    t_capture: float = Field(description="unix time the frame was captured")
+    detections: list[Detection]
+
+
+# --- model announcements --------------------------------------------------------------------
+
+
+class ArtifactTarget(WireModel):
+    platform: str = Field(default="any", description="x86_64-cuda, jetson-orin, any (ONNX)")
+    sm: str | None = Field(default=None, description="GPU compute capability the engine was built for")
+    tensorrt: str | None = Field(default=None, description="TensorRT version it was built with")
+    cuda: str | None = Field(default=None, description="CUDA version it was built with")
+
+
+class ArtifactInfo(WireModel):
+    id: str = Field(description="store id of the artifact")
+    name: str
+    version: str
+    batch_sizes: list[BatchSize] = Field(min_length=1, description="batch sizes it serves")
+    format: Literal["onnx", "tensorrt"]
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    dynamic_batch: bool = Field(default=False, description="serves any batch size up to max(batch_sizes)")
+    target: ArtifactTarget = Field(default_factory=ArtifactTarget)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    created: float = Field(default_factory=now_s)
+
+
+class ModelAnnouncement(WireModel):
+    name: str
+    latest_version: str
+    artifacts: list[ArtifactInfo]
+
+
+# --- run summary (edge-agent run --summary) -------------------------------------------------
+
+
+class RunSummary(WireModel):
+    mode: Literal["realtime", "offline"]
+    streams: int = Field(ge=0, description="number of sources")
+    duration_s: float = Field(ge=0, description="wall time of the run")
+    frames_in: int = Field(ge=0, description="frames accepted from the sources")
+    frames_out: int = Field(ge=0, description="frames fully processed")
+    dropped: int = Field(ge=0, description="frames dropped on overload (real-time mode only)")
+    corrupt: int = Field(ge=0, description="unreadable frames skipped")
+    deadline_misses: int = Field(ge=0, description="frames finished after their deadline")
+    fps_out: float = Field(ge=0, description="frames_out / duration_s")
+    batch_size: BatchSize = Field(description="batch size at the end of the run")
+    batches_by_size: dict[int, int] = Field(description="batches run, by target batch size")
+    latency: dict[str, LatencyStats] = Field(description="per-stage delay over the whole run")
+
+
+# --- offline profile (edge-agent profile) ---------------------------------------------------
+
+
+class ProfileRow(WireModel):
+    batch_size: BatchSize
+    pre_ms: float = Field(ge=0, description="pre-processing of the whole batch (sum over frames)")
+    infer_ms: float = Field(ge=0, description="inference of the batch")
+    post_ms: float = Field(ge=0, description="decoding + NMS of the batch")
+    total_ms: float = Field(ge=0, description="pre + infer + post: the batch delay")
+    realtime_limit_ms: float = Field(ge=0, description="real-time condition: batch_size x frame interval")
+    margin_ms: float = Field(description="realtime_limit_ms - total_ms; negative = cannot keep up")
+    meets_realtime: bool
+    throughput_fps: float = Field(ge=0, description="batch_size / total")
+    infer_fps: float = Field(ge=0, description="batch_size / infer: the engine alone")
+    peak_memory_bytes: int = Field(ge=0, description="peak accelerator (or process) memory while serving")
+    memory_kind: Literal["gpu", "process_rss"]
+
+
+class ProfileReport(WireModel):
+    device: str = Field(description="what it ran on")
+    backend: str
+    model: str
+    source: str
+    fps: float = Field(gt=0, description="input rate the real-time condition is computed for")
+    batches_per_size: int = Field(ge=1)
+    rows: list[ProfileRow]
