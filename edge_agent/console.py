@@ -12,6 +12,12 @@ from edge_agent.stats import WindowStats
 from schemas import ProfileReport, RunSummary
 
 
+def make_console() -> Console:
+    """A terminal console, or a wide one when piped so tables are never cut."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def status_line(window: WindowStats, batch_size: int, dropped: int, misses: int, depths: dict[str, int]) -> str:
     lat = window.latency
     q = " ".join(f"{k}={v}" for k, v in depths.items())
@@ -43,7 +49,7 @@ class StatusLine:
 
 
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(
         f"[bold]{summary.mode} run[/bold]: {summary.streams} stream(s), {summary.duration_s:.1f} s, "
         f"{summary.frames_in} frames in, {summary.frames_out} out ({summary.fps_out:.1f} fps), "
@@ -60,7 +66,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 
 
 def print_profile(report: ProfileReport, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     table = Table(
         title=f"profile: {report.model} on {report.device} ({report.backend}), {report.fps:g} fps input, "
         f"mean of {report.batches_per_size} batches"

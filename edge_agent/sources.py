@@ -106,8 +106,6 @@ class VideoSource:
             log.warning("%s: unreadable frame near %d skipped", self.uri, self._position)
             if failures >= MAX_CONSECUTIVE_READ_FAILURES:
                 return None
-            if count is not None:
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, self._position)
 
     def close(self) -> None:
         if self._cap is not None:

@@ -1,0 +1,94 @@
+"""The edge-agent command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from schemas import ProfileReport, RunSummary
+from tests.conftest import MODEL, VIDEO
+
+
+def edge_agent(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wrong_input_model(path: Path) -> Path:
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 224, 224])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every supported onnxruntime
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--source", "/no/such/video.avi"], "source /no/such/video.avi: file not found"),
+        (["--source", str(MODEL)], "unreadable video"),
+        (["--source", "rtsp://127.0.0.1:9/none"], "cannot connect"),
+        (["--model", "/no/such/model.onnx"], "model /no/such/model.onnx: file not found"),
+        (["--model", str(VIDEO)], "not a loadable ONNX model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    result = edge_agent("run", "--max-frames", "4", *args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+def test_model_whose_input_does_not_fit(tmp_path: Path) -> None:
+    result = edge_agent("run", "--model", str(wrong_input_model(tmp_path / "small.onnx")))
+    assert result.returncode == 2
+    assert "does not fit [batch, 3, 416, 416]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_writes_summary_and_detections(tmp_path: Path, short_video: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    detections = tmp_path / "det.jsonl"
+    result = edge_agent("run", "--source", str(short_video), "--source", str(short_video), "--offline",
+                        "--batch-size", "4", "--max-frames", "24", "--summary", str(summary_path),
+                        "--detections", str(detections), "--annotated", str(tmp_path / "video"))
+    assert result.returncode == 0, result.stderr
+    summary = RunSummary.model_validate_json(summary_path.read_text())
+    assert summary.frames_in == summary.frames_out == 24
+    assert summary.streams == 2 and summary.mode == "offline" and summary.batch_size == 4
+    assert set(summary.latency) == {"pre", "queue", "infer", "post", "e2e", "batch"}
+    assert len(detections.read_text().splitlines()) == 24
+    assert "delay per stage" in result.stdout
+    for stream in ("s0", "s1"):
+        assert (tmp_path / "video" / f"{stream}.avi").stat().st_size > 10_000
+
+
+def test_profile_prints_the_table_and_writes_json(tmp_path: Path, short_video: Path) -> None:
+    out = tmp_path / "profile.json"
+    result = edge_agent("profile", "--source", str(short_video), "--batch-sizes", "1,2", "--batches", "2",
+                        "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = ProfileReport.model_validate_json(out.read_text())
+    assert [r.batch_size for r in report.rows] == [1, 2]
+    for row in report.rows:
+        assert row.total_ms == pytest.approx(row.pre_ms + row.infer_ms + row.post_ms, abs=0.05)
+        assert row.realtime_limit_ms == pytest.approx(row.batch_size * 100.0)  # the video is 10 fps
+        assert row.margin_ms == pytest.approx(row.realtime_limit_ms - row.total_ms, abs=0.05)
+        assert row.peak_memory_bytes > 50 * 2**20
+    assert "RT limit ms" in result.stdout
+    assert json.loads(out.read_text())["fps"] == 10.0
+
+
+def test_profile_rejects_bad_batch_list() -> None:
+    result = edge_agent("profile", "--batch-sizes", "1,x")
+    assert result.returncode == 2
+    assert "comma-separated" in result.stderr

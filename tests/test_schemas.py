@@ -1,0 +1,55 @@
+"""Wire shapes and topic names."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import (
+    MAX_PAYLOAD_BYTES,
+    AgentStatus,
+    AgentTopic,
+    DesiredState,
+    ModelTopic,
+    PayloadError,
+    TopicError,
+    Topics,
+    decode,
+    encode,
+)
+
+
+def test_topics_round_trip() -> None:
+    t = Topics("site1/edgebatch")
+    assert t.telemetry("cam-box.1") == "site1/edgebatch/agents/cam-box.1/telemetry"
+    assert t.parse(t.desired("a1")) == AgentTopic("a1", "desired")
+    assert t.parse(t.model("nanodet")) == ModelTopic("nanodet")
+    assert t.shared("ctl", t.all_agents("telemetry")) == "$share/ctl/site1/edgebatch/agents/+/telemetry"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "+", "#", "", "x" * 200])
+def test_ids_that_would_break_the_topic_tree_are_refused(bad: str) -> None:
+    with pytest.raises(TopicError):
+        Topics().status(bad)
+
+
+@pytest.mark.parametrize("topic", ["other/agents/a/status", "edgebatch/agents/a/nope", "edgebatch/x"])
+def test_foreign_topics_do_not_parse(topic: str) -> None:
+    with pytest.raises(TopicError):
+        Topics().parse(topic)
+
+
+def test_decode_round_trip_and_rejections() -> None:
+    d = DesiredState(agent_id="a1", generation=3, batch_size=8, reason="test")
+    assert decode(DesiredState, encode(d)) == d
+    with pytest.raises(PayloadError) as e:
+        decode(DesiredState, b'{"agent_id": "a1", "generation": 3, "colour": "red"}')
+    assert e.value.reason == "invalid"
+    with pytest.raises(PayloadError):
+        decode(DesiredState, b"not json")
+    with pytest.raises(PayloadError):
+        decode(DesiredState, b'{"agent_id": "a1", "generation": 0}')
+    with pytest.raises(PayloadError):
+        decode(DesiredState, b'{"schema_version": 2, "agent_id": "a1", "generation": 1}')
+    with pytest.raises(PayloadError) as e:
+        decode(AgentStatus, b" " * (MAX_PAYLOAD_BYTES + 1))
+    assert e.value.reason == "oversized"
