@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
     run.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds between telemetry messages")
 
+    demo = sub.add_parser("demo", help="the whole loop locally: private mosquitto, controller, agent")
+    demo.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    demo.add_argument("--labels", type=Path, default=None)
+    demo.add_argument("--source", type=Path, default=DEFAULT_VIDEO, help="video played by every stream")
+    demo.add_argument("--streams", type=positive_int, default=3, help="concurrent streams (default 3)")
+    demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
+    demo.add_argument("--policy", default="kum2022", help="controller policy (default kum2022)")
+
     prof = sub.add_parser("profile", help="measure pre/infer/post per batch size (the paper's Table 1)")
     prof.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     prof.add_argument("--labels", type=Path, default=None)
@@ -119,9 +127,16 @@ async def run_command(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
     line = StatusLine()
     if args.broker:
-        from edge_agent.agent import Agent, AgentSettings
+        from edge_agent.agent import Agent
+        from edge_agent.settings import AgentSettings
 
-        settings = AgentSettings.from_cli(args)
+        overrides = {"broker_url": args.broker, "prefix": args.prefix, "telemetry_interval_s": args.telemetry_interval}
+        if args.agent_id:
+            overrides["agent_id"] = args.agent_id
+        try:
+            settings = AgentSettings(**overrides)
+        except ValueError as exc:
+            raise EdgeAgentError(f"bad agent settings: {exc}") from exc
         agent = Agent(pipeline, auto_probe(), settings, on_window=lambda w: line.update(
             status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
                         pipeline.queue_depths())))
@@ -174,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_command(args))
         if args.command == "profile":
             return profile_command(args)
+        if args.command == "demo":
+            from edge_agent.demo import run_demo
+
+            labels = args.labels or DEFAULT_LABELS
+            load_engine(args.model).close()
+            return asyncio.run(run_demo(args.model, labels, args.source, args.streams, args.duration, args.policy))
     except EdgeAgentError as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,6 +11,7 @@ import pytest
 
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
+from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -50,81 +46,23 @@ def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found is None:
-        pytest.fail("mosquitto is not installed: run scripts/test.sh, which installs it")
-    return found
-
-
-@dataclass
-class Broker:
-    host: str
-    port: int
-    process: subprocess.Popen[bytes]
-    config: Path
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def start(self) -> None:
-        self.process = start_mosquitto(self.config, self.port)
-
-
-def start_mosquitto(config: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {proc.returncode}") from None
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start listening within 10 s")
-
-
-def write_mosquitto_config(directory: Path, port: int) -> Path:
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_packet_size 1048576\nlog_dest none\n"
-    )
-    return config
-
-
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    port = free_port()
-    config = write_mosquitto_config(tmp_path_factory.mktemp("mosquitto"), port)
-    b = Broker("127.0.0.1", port, start_mosquitto(config, port), config)
+def broker() -> Iterator[LocalBroker]:
+    """One mosquitto for the session; tests isolate themselves by topic prefix."""
+    try:
+        b = LocalBroker(persistence=False).start()
+    except BrokerNotInstalled as exc:
+        pytest.fail(str(exc))
     yield b
-    b.stop()
+    b.close()
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker this test alone uses, so it may stop and restart it."""
-    port = free_port()
-    config = write_mosquitto_config(tmp_path, port)
-    b = Broker("127.0.0.1", port, start_mosquitto(config, port), config)
+def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A broker this test alone uses, so it may stop and restart it (retained state persists)."""
+    b = LocalBroker(tmp_path, persistence=True).start()
     yield b
-    b.stop()
+    b.close()
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""``cloud-controller``: follow the fleet's telemetry and publish batch-size decisions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+
+from cloud_controller.controller import Controller
+from cloud_controller.policies import POLICIES, make_policy
+from mqtt_bus import BrokerSettings
+
+log = logging.getLogger("cloud_controller")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud-controller", description=__doc__)
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host[:port] or mqtts://")
+    p.add_argument("--ca-file", default=None, help="CA bundle for an mqtts:// broker")
+    p.add_argument("--policy", default="kum2022", choices=sorted(POLICIES), help="batch-size policy")
+    p.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix")
+    p.add_argument("--id", default=f"controller-{socket.gethostname()}", help="controller client id")
+    p.add_argument("--share-group", default="edgebatch-controllers", help="replicas in one group split the fleet")
+    p.add_argument("--fleet-interval", type=float, default=10.0, help="seconds between fleet summaries")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def serve(args: argparse.Namespace) -> int:
+    controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), make_policy(args.policy),
+                            prefix=args.prefix, controller_id=args.id, share_group=args.share_group)
+    controller.decision_listeners.append(
+        lambda view, desired, decision: print(
+            f"{view.agent_id}: gen {desired.generation} -> batch {desired.batch_size}: {desired.reason}", flush=True))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def fleet() -> None:
+        while True:
+            await asyncio.sleep(args.fleet_interval)
+            for line in controller.fleet_lines():
+                print(line, flush=True)
+
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(controller.run(), name="controller.bus")
+        shower = tg.create_task(fleet(), name="controller.fleet")
+        await stop.wait()
+        runner.cancel()
+        shower.cancel()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        BrokerSettings.from_url(args.broker)
+    except ValueError as exc:
+        print(f"cloud-controller: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The agent on MQTT: publishes status, telemetry and events; follows the retained desired state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.engines import available_backends
+from edge_agent.pipeline import Pipeline
+from edge_agent.probes import ResourceProbe
+from edge_agent.settings import AgentSettings
+from edge_agent.stats import WindowStats
+from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
+from schemas import (
+    AgentEvent,
+    AgentStatus,
+    AgentTopic,
+    Capabilities,
+    DesiredState,
+    EventKind,
+    PayloadError,
+    RunSummary,
+    ServingState,
+    Telemetry,
+    TopicError,
+    Topics,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentCounters:
+    rejected_payloads: int = 0
+    stale_desired: int = 0
+    applied_desired: int = 0
+    telemetry_sent: int = 0
+    telemetry_unsent: int = 0
+
+
+class SwapHandler:
+    """Hook for model/version changes (the registry-backed swap manager implements it)."""
+
+    async def apply(self, agent: Agent, desired: DesiredState) -> None:
+        raise NotImplementedError
+
+
+class Agent:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        probe: ResourceProbe,
+        settings: AgentSettings,
+        on_window: Callable[[WindowStats], None] | None = None,
+        swap_handler: SwapHandler | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.probe = probe
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.topics = Topics(settings.prefix)
+        self.on_window = on_window
+        self.swap_handler = swap_handler
+        self.counters = AgentCounters()
+        self.applied_generation = 0
+        self._telemetry_seq = 0
+        self._capabilities: Capabilities | None = None
+        offline = AgentStatus(agent_id=self.agent_id, state="offline")
+        self.bus = MqttBus(
+            BrokerSettings.from_url(settings.broker_url, settings.broker_ca_file),
+            client_id=f"agent-{self.agent_id}",
+            subscriptions=[Subscription(self.topics.desired(self.agent_id), qos=1)],
+            will=WillMessage(self.topics.status(self.agent_id), encode(offline), qos=1, retain=True),
+            on_connect=self.publish_status,
+        )
+
+    # --- outgoing -----------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            sample = self.probe.sample()
+            sm = getattr(self.probe, "compute_capability", None)
+            self._capabilities = Capabilities(
+                backends=available_backends(),
+                platform=self.probe.name if self.probe.name != "host" else "cpu",
+                gpu_name=self.probe.device_name() if self.probe.name != "host" else None,
+                gpu_sm=sm() if callable(sm) else None,
+                memory_total_bytes=sample.gpu_memory_total_bytes or sample.host_memory_total_bytes,
+            )
+        return self._capabilities
+
+    def status(self, state: str = "online") -> AgentStatus:
+        serving = self.pipeline.serving
+        return AgentStatus(
+            agent_id=self.agent_id,
+            state=state,  # type: ignore[arg-type]
+            capabilities=self.capabilities(),
+            serving=ServingState(model=serving.model, version=serving.version, batch_size=serving.batch_size,
+                                 backend=serving.engine.backend),
+            applied_generation=self.applied_generation,
+        )
+
+    async def publish_status(self, state: str = "online") -> None:
+        if self._capabilities is None:
+            await asyncio.to_thread(self.capabilities)
+        await self.bus.publish(self.topics.status(self.agent_id), encode(self.status(state)), qos=1, retain=True)
+
+    async def publish_event(self, kind: EventKind, detail: str = "", generation: int | None = None,
+                            timings_ms: dict[str, float] | None = None) -> None:
+        event = AgentEvent(agent_id=self.agent_id, kind=kind, detail=detail[:4000], generation=generation,
+                           timings_ms=timings_ms or {})
+        log.info("event %s gen=%s %s", kind, generation, detail)
+        await self.bus.publish(self.topics.events(self.agent_id), encode(event), qos=1)
+
+    async def telemetry(self) -> Telemetry:
+        window = self.pipeline.stats.take_window()
+        if self.on_window is not None:
+            self.on_window(window)
+        resources = await asyncio.to_thread(self.probe.sample)
+        stats = self.pipeline.stats
+        size = self.pipeline.batch_size
+        totals = stats.run_totals()
+        self._telemetry_seq += 1
+        return Telemetry(
+            agent_id=self.agent_id,
+            seq=self._telemetry_seq,
+            window_s=round(window.window_s, 3),
+            batch_size=size,
+            batch_size_uniform=bool(window.batch_sizes) and set(window.batch_sizes) == {size},
+            applied_generation=self.applied_generation,
+            source_fps_total=round(self.pipeline.source_fps_total, 3),
+            fps_in=round(window.fps_in, 2),
+            fps_out=round(window.fps_out, 2),
+            frames_in=totals.frames_in,
+            frames_out=totals.frames_out,
+            dropped=stats.dropped,
+            corrupt=stats.corrupt,
+            deadline_misses=stats.deadline_misses,
+            batches=window.batches,
+            latency=dict(window.latency),
+            queue_depths=self.pipeline.queue_depths(),
+            resources=resources,
+        )
+
+    async def _telemetry_loop(self) -> None:
+        interval = self.settings.telemetry_interval_s
+        await self.pipeline.started.wait()
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            message = await self.telemetry()
+            if await self.bus.publish(self.topics.telemetry(self.agent_id), encode(message)):
+                self.counters.telemetry_sent += 1
+            else:
+                self.counters.telemetry_unsent += 1
+
+    # --- incoming -----------------------------------------------------------------------
+
+    async def handle(self, message: IncomingMessage) -> None:
+        try:
+            topic = self.topics.parse(message.topic)
+        except TopicError:
+            self.counters.rejected_payloads += 1
+            return
+        if not isinstance(topic, AgentTopic) or topic.channel != "desired" or topic.agent_id != self.agent_id:
+            return
+        if not message.payload:
+            return  # a cleared retained message
+        try:
+            desired = decode(DesiredState, message.payload)
+        except PayloadError as exc:
+            self.counters.rejected_payloads += 1
+            log.warning("desired state rejected: %s", exc)
+            await self.publish_event("payload_rejected", f"desired state: {exc}")
+            return
+        await self.apply_desired(desired)
+
+    async def apply_desired(self, desired: DesiredState) -> None:
+        if desired.agent_id != self.agent_id:
+            self.counters.rejected_payloads += 1
+            await self.publish_event("payload_rejected", f"desired state for {desired.agent_id!r}")
+            return
+        if desired.generation <= self.applied_generation:
+            self.counters.stale_desired += 1
+            await self.publish_event("desired_ignored", f"generation {desired.generation} <= applied "
+                                     f"{self.applied_generation}", desired.generation)
+            return
+        serving = self.pipeline.serving
+        wants_model = (desired.model or serving.model) != serving.model or (
+            desired.version or serving.version) != serving.version
+        self.applied_generation = desired.generation
+        self.counters.applied_desired += 1
+        if wants_model or (desired.batch_size and serving.engine.batch_sizes is not None
+                           and desired.batch_size not in serving.engine.batch_sizes):
+            if self.swap_handler is None:
+                await self.publish_event("swap_failed", "model/version or engine change requested but this agent "
+                                         "has no model registry configured", desired.generation)
+                return
+            await self.swap_handler.apply(self, desired)
+            return
+        if desired.batch_size and desired.batch_size != serving.batch_size:
+            received = time.time()
+            try:
+                switched = self.pipeline.switch(batch_size=desired.batch_size, generation=desired.generation)
+            except Exception as exc:  # SwapError: refuse, keep serving
+                await self.publish_event("swap_failed", str(exc), desired.generation)
+                return
+            asyncio.get_running_loop().create_task(self._report_switch(desired, switched, received))
+        else:
+            await self.publish_event("desired_applied", f"batch size {serving.batch_size} kept", desired.generation)
+        await self.publish_status()
+
+    async def _report_switch(self, desired: DesiredState, switched: asyncio.Future[float], received: float) -> None:
+        try:
+            at = await switched
+        except asyncio.CancelledError:
+            await self.publish_event("desired_ignored", "superseded before it took effect", desired.generation)
+            return
+        first_batch_wall = time.time() - (time.monotonic() - at)
+        await self.publish_event(
+            "desired_applied",
+            f"batch size {desired.batch_size} from generation {desired.generation}",
+            desired.generation,
+            {"decision_to_first_batch": round((first_batch_wall - desired.ts) * 1000, 2),
+             "receive_to_first_batch": round((first_batch_wall - received) * 1000, 2)},
+        )
+
+    # --- run ----------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        """Run the pipeline under MQTT control until it ends; MQTT outages never stop inference."""
+        async with asyncio.TaskGroup() as tg:
+            bus = tg.create_task(self.bus.run(self.handle), name=f"agent[{self.agent_id}].bus")
+            telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
+            summary = await self.pipeline.run()
+            telemetry.cancel()
+            if self.bus.connected.is_set():
+                with contextlib.suppress(Exception):
+                    await self.publish_status("offline")
+            bus.cancel()
+        return summary

@@ -1,0 +1,83 @@
+"""The whole loop on one machine: a private mosquitto, the controller and an agent on the sample video."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from cloud_controller.controller import Controller
+from cloud_controller.policies import make_policy
+from edge_agent.agent import Agent
+from edge_agent.console import make_console, print_summary
+from edge_agent.engines import load_engine
+from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.probes import auto_probe
+from edge_agent.settings import AgentSettings
+from edge_agent.sources import open_sources
+from mqtt_bus import BrokerSettings
+from mqtt_bus.local_broker import LocalBroker
+from schemas import AgentEvent
+
+
+async def run_demo(model: Path, labels: Path, video: Path, streams: int, duration_s: float, policy: str,
+                   initial_batch: int = 1, console: Console | None = None) -> int:
+    console = console or make_console()
+    t0 = time.monotonic()
+
+    def say(text: str) -> None:
+        console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/dim] {text}", highlight=False)
+
+    with LocalBroker(persistence=False) as broker:
+        say(f"mosquitto listening on {broker.url}")
+        controller = Controller(BrokerSettings.from_url(broker.url), make_policy(policy), prefix="edgebatch",
+                                controller_id="demo-controller")
+        controller.decision_listeners.append(lambda view, desired, decision: say(
+            f"[bold cyan]controller[/bold cyan] generation {desired.generation}: batch {decision.figures.get('batch_size')}"
+            f" -> [bold]{desired.batch_size}[/bold] ({decision.reason})"))
+
+        def on_event(event: AgentEvent) -> None:
+            if event.kind == "desired_applied" and event.timings_ms:
+                say(f"[bold green]agent[/bold green] {event.detail}: first batch "
+                    f"{event.timings_ms.get('decision_to_first_batch', 0):.0f} ms after the decision")
+            elif event.kind in ("swap_failed", "payload_rejected", "error"):
+                say(f"[bold red]agent[/bold red] {event.kind}: {event.detail}")
+
+        controller.event_listeners.append(on_event)
+        engine = await asyncio.to_thread(load_engine, model)
+        sources = await open_sources([str(video)] * streams, loop=True)
+        pipeline = Pipeline(sources, engine, NanoDetDecoder(load_labels(labels)),
+                            PipelineConfig(batch_size=initial_batch, realtime=True))
+        settings = AgentSettings(broker_url=broker.url, agent_id="demo-agent", prefix="edgebatch")
+
+        def on_window(w) -> None:  # type: ignore[no-untyped-def]
+            if w.frames_out or w.frames_in:
+                say(f"agent: batch {pipeline.batch_size:>2}  in {w.fps_in:5.1f} fps  out {w.fps_out:5.1f} fps  "
+                    f"batch delay {w.latency['batch'].mean_ms:6.1f} ms  e2e p95 {w.latency['e2e'].p95_ms:6.0f} ms  "
+                    f"dropped {pipeline.stats.dropped}  missed {pipeline.stats.deadline_misses}")
+
+        agent = Agent(pipeline, auto_probe(), settings, on_window=on_window)
+        say(f"agent: {streams} x {video.name} at {sources[0].info.fps:g} fps each "  # type: ignore[union-attr]
+            f"({pipeline.source_fps_total:g} fps in all), starting at batch {initial_batch}, policy {policy}")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, pipeline.stop)
+        loop.call_later(duration_s, pipeline.stop)
+        async with asyncio.TaskGroup() as tg:
+            ctl = tg.create_task(controller.run(), name="demo.controller")
+            summary = await agent.run()
+            await asyncio.sleep(0.3)  # let the last events arrive
+            ctl.cancel()
+    console.print()
+    print_summary(summary, console)
+    path = " -> ".join(str(d[1]) for d in controller.agents["demo-agent"].decisions) if controller.agents else ""
+    console.print(f"controller: {controller.counters.telemetry} telemetry messages, "
+                  f"{controller.counters.decisions} decisions (batch 1 -> {path or 'no change'}); "
+                  f"frames lost: {summary.frames_in - summary.frames_out - summary.dropped}")
+    return 0

@@ -1,0 +1,32 @@
+"""Agent settings: one place, from env vars (``EDGEBATCH_*``) and the command line."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import DEFAULT_PREFIX
+from schemas.topics import check_segment
+
+
+def default_agent_id() -> str:
+    name = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in socket.gethostname())
+    return name[:128] or "agent"
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEBATCH_", extra="forbid")
+
+    broker_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://[user:pass@]host[:port]")
+    broker_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers")
+    agent_id: str = Field(default_factory=default_agent_id, description="this agent's id on MQTT")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="topic prefix")
+    telemetry_interval_s: float = Field(default=1.0, gt=0, le=3600, description="seconds between telemetry")
+    publish_detections: bool = Field(default=False, description="publish per-frame detections on MQTT")
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id_is_a_topic_segment(cls, value: str) -> str:
+        return check_segment(value, "agent id")

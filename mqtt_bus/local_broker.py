@@ -1,0 +1,94 @@
+"""A private mosquitto on a free loopback port: for the one-command demo and the tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+class BrokerNotInstalled(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise BrokerNotInstalled("mosquitto is not installed: run scripts/setup.sh (it installs it)")
+
+
+class LocalBroker:
+    """mosquitto listening on 127.0.0.1 only, anonymous, with its own config and data folder.
+
+    ``persistence`` keeps retained messages across ``restart()``, as a production broker does.
+    """
+
+    def __init__(self, directory: Path | None = None, port: int | None = None, persistence: bool = True) -> None:
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="edgebatch-mosquitto-")
+        self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.config = self.directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
+            f"persistence_location {self.directory}/\n"
+            "autosave_interval 1\n"
+            "max_packet_size 1048576\n"
+            "log_dest none\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> LocalBroker:
+        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with status {self.process.returncode}") from None
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
