@@ -152,8 +152,11 @@ class Controller:
         lines = []
         for v in sorted(self.agents.values(), key=lambda a: a.agent_id):
             t = v.telemetry
-            figures = (f"batch {t.batch_size}, {t.fps_out:.1f} fps out, batch delay {t.latency['batch'].mean_ms:.0f} ms, "
-                       f"dropped {t.dropped}, missed {t.deadline_misses}") if t else "no telemetry yet"
+            figures = "no telemetry yet"
+            if t is not None:
+                figures = (f"batch {t.batch_size}, {t.fps_out:.1f} fps out, "
+                           f"batch delay {t.latency['batch'].mean_ms:.0f} ms, "
+                           f"dropped {t.dropped}, missed {t.deadline_misses}")
             lines.append(f"{v.agent_id}: {'online' if v.online else 'offline'}, {figures}")
         return lines
 

@@ -38,8 +38,8 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
         controller = Controller(BrokerSettings.from_url(broker.url), make_policy(policy), prefix="edgebatch",
                                 controller_id="demo-controller")
         controller.decision_listeners.append(lambda view, desired, decision: say(
-            f"[bold cyan]controller[/bold cyan] generation {desired.generation}: batch {decision.figures.get('batch_size')}"
-            f" -> [bold]{desired.batch_size}[/bold] ({decision.reason})"))
+            f"[bold cyan]controller[/bold cyan] generation {desired.generation}: "
+            f"batch {decision.figures.get('batch_size')} -> [bold]{desired.batch_size}[/bold] ({decision.reason})"))
 
         def on_event(event: AgentEvent) -> None:
             if event.kind == "desired_applied" and event.timings_ms:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 

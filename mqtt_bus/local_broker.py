@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -39,9 +40,12 @@ class LocalBroker:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.config = self.directory / "mosquitto.conf"
+        # Started as root, mosquitto would switch to its own user, who cannot write our folder.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            f"{run_as}"
             f"persistence {'true' if persistence else 'false'}\n"
             f"persistence_location {self.directory}/\n"
             "autosave_interval 1\n"

@@ -27,7 +27,7 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="wire schema version")
+    schema_version: Literal[1] = Field(default=1, description="wire schema version (SCHEMA_VERSION)")
 
 
 class PayloadError(ValueError):
@@ -50,7 +50,8 @@ def decode(model: type[M], payload: bytes | str) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        raise PayloadError("invalid", f"{model.__name__}: {exc.error_count()} error(s): {exc.errors()[0]['msg']}") from exc
+        first = exc.errors()[0]["msg"]
+        raise PayloadError("invalid", f"{model.__name__}: {exc.error_count()} error(s), first: {first}") from exc
 
 
 def encode(message: WireModel) -> bytes:

@@ -86,7 +86,7 @@ class Topics:
             raise TopicError(f"topic {topic!r} is outside prefix {self.prefix!r}")
         parts = topic[len(head) :].split("/")
         if len(parts) == 3 and parts[0] == "agents" and parts[2] in AGENT_CHANNELS:
-            channel: AgentChannel = parts[2]  # type: ignore[assignment]
+            channel: AgentChannel = parts[2]
             return AgentTopic(agent_id=check_segment(parts[1], "agent id"), channel=channel)
         if len(parts) == 2 and parts[0] == "models":
             return ModelTopic(name=check_segment(parts[1], "model name"))
