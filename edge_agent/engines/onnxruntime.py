@@ -43,6 +43,7 @@ class OnnxRuntimeEngine:
         path: str | Path,
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
+        allow_spinning: bool = False,
     ) -> None:
         if ort is None:
             raise BackendUnavailable("onnxruntime is not installed")
@@ -52,6 +53,9 @@ class OnnxRuntimeEngine:
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
+        if not allow_spinning:
+            # Spinning intra-op threads burn the cores the pipeline's decode/pre/post threads need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers or default_providers()
         try:
             self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=self.providers)

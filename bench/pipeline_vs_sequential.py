@@ -1,0 +1,113 @@
+"""Pipelined vs sequential processing (Kum et al. Fig. 3c vs 3a), and pipeline vs raw engine.
+
+All three run in one process, on the same model, the same frames and the same batch size:
+- sequential: per batch, decode -> preprocess -> infer -> postprocess, one after another;
+- pipeline: the edge-agent pipeline in offline mode (stages overlap on threads);
+- raw engine: the engine alone on ready tensors (the ceiling).
+Prints throughputs, the measured ratios and the ideal pipelining ratio from the stage times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from edge_agent.engines import load_engine, run_padded
+from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
+from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.sources import VideoSource
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "samples/models/nanodet-m-416-coco.onnx"
+LABELS = ROOT / "samples/models/coco.names"
+VIDEO = ROOT / "samples/video/vtest.avi"
+
+
+def sequential(engine, decoder, frames: int, batch_size: int) -> dict[str, float]:
+    source = VideoSource(str(VIDEO), "seq", loop=True)
+    source.open()
+    stage = {"decode": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
+    t_start = time.perf_counter()
+    done = 0
+    while done < frames:
+        t0 = time.perf_counter()
+        images = [source.read() for _ in range(batch_size)]
+        t1 = time.perf_counter()
+        tensor = np.stack([preprocess(im) for im in images])
+        t2 = time.perf_counter()
+        outputs = run_padded(engine, tensor)
+        t3 = time.perf_counter()
+        decoder.decode_batch(outputs, [im.shape[:2] for im in images])
+        t4 = time.perf_counter()
+        for k, dt in zip(stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stage[k] += dt
+        done += batch_size
+    elapsed = time.perf_counter() - t_start
+    source.close()
+    return {"fps": done / elapsed, **{f"{k}_ms_per_frame": v * 1000 / done for k, v in stage.items()}}
+
+
+async def pipelined(engine, decoder, frames: int, batch_size: int) -> dict[str, float]:
+    source = VideoSource(str(VIDEO), "s0", loop=True)
+    source.open()
+    pipeline = Pipeline([source], engine, decoder, PipelineConfig(batch_size=batch_size, realtime=False,
+                                                                  max_frames=frames))
+    summary = await pipeline.run()
+    return {"fps": summary.frames_out / summary.duration_s, "frames": summary.frames_out}
+
+
+def raw_engine(engine, frames: int, batch_size: int) -> dict[str, float]:
+    source = VideoSource(str(VIDEO), "raw", loop=True)
+    source.open()
+    tensor = np.stack([preprocess(source.read()) for _ in range(batch_size)])
+    source.close()
+    run_padded(engine, tensor)
+    t0 = time.perf_counter()
+    done = 0
+    while done < frames:
+        run_padded(engine, tensor)
+        done += batch_size
+    return {"fps": done / (time.perf_counter() - t0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    engine = load_engine(MODEL)
+    decoder = NanoDetDecoder(load_labels(LABELS))
+    sequential(engine, decoder, 2 * args.batch_size, args.batch_size)  # warm up
+    seq = sequential(engine, decoder, args.frames, args.batch_size)
+    pipe = asyncio.run(pipelined(engine, decoder, args.frames, args.batch_size))
+    raw = raw_engine(engine, args.frames, args.batch_size)
+    stages = [seq[f"{k}_ms_per_frame"] for k in ("decode", "pre", "infer", "post")]
+    result = {
+        "machine": f"{platform.machine()} {psutil.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "backend": engine.backend,
+        "batch_size": args.batch_size,
+        "frames": args.frames,
+        "sequential_fps": round(seq["fps"], 2),
+        "pipeline_fps": round(pipe["fps"], 2),
+        "raw_engine_fps": round(raw["fps"], 2),
+        "stage_ms_per_frame": {k: round(v, 2) for k, v in zip(("decode", "pre", "infer", "post"), stages,
+                                                                strict=True)},
+        "pipelined_over_sequential": round(pipe["fps"] / seq["fps"], 3),
+        "ideal_pipelined_over_sequential": round(sum(stages) / max(stages), 3),
+        "pipeline_over_raw_engine": round(pipe["fps"] / raw["fps"], 3),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
