@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from edge_agent.engines import available_backends
 from edge_agent.pipeline import Pipeline
@@ -18,10 +19,11 @@ from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, Wil
 from schemas import (
     AgentEvent,
     AgentStatus,
-    AgentTopic,
     Capabilities,
     DesiredState,
     EventKind,
+    ModelAnnouncement,
+    ModelTopic,
     PayloadError,
     RunSummary,
     ServingState,
@@ -44,11 +46,12 @@ class AgentCounters:
     telemetry_unsent: int = 0
 
 
-class SwapHandler:
-    """Hook for model/version changes (the registry-backed swap manager implements it)."""
+class SwapHandler(Protocol):
+    """Engine changes through a model registry (``edge_agent.swap.EngineSwapper``)."""
 
-    async def apply(self, agent: Agent, desired: DesiredState) -> None:
-        raise NotImplementedError
+    async def apply(self, agent: Agent, desired: DesiredState) -> None: ...
+
+    async def prefetch(self, announcement: ModelAnnouncement, batch_size: int) -> None: ...
 
 
 class Agent:
@@ -71,11 +74,15 @@ class Agent:
         self.applied_generation = 0
         self._telemetry_seq = 0
         self._capabilities: Capabilities | None = None
+        self._background: set[asyncio.Task[None]] = set()
         offline = AgentStatus(agent_id=self.agent_id, state="offline")
+        subscriptions = [Subscription(self.topics.desired(self.agent_id), qos=1)]
+        if swap_handler is not None:
+            subscriptions.append(Subscription(self.topics.all_models(), qos=1))
         self.bus = MqttBus(
             BrokerSettings.from_url(settings.broker_url, settings.broker_ca_file),
             client_id=f"agent-{self.agent_id}",
-            subscriptions=[Subscription(self.topics.desired(self.agent_id), qos=1)],
+            subscriptions=subscriptions,
             will=WillMessage(self.topics.status(self.agent_id), encode(offline), qos=1, retain=True),
             on_connect=self.publish_status,
         )
@@ -169,10 +176,13 @@ class Agent:
         except TopicError:
             self.counters.rejected_payloads += 1
             return
-        if not isinstance(topic, AgentTopic) or topic.channel != "desired" or topic.agent_id != self.agent_id:
-            return
         if not message.payload:
             return  # a cleared retained message
+        if isinstance(topic, ModelTopic):
+            await self._on_announcement(topic.name, message.payload)
+            return
+        if topic.channel != "desired" or topic.agent_id != self.agent_id:
+            return
         try:
             desired = decode(DesiredState, message.payload)
         except PayloadError as exc:
@@ -181,6 +191,22 @@ class Agent:
             await self.publish_event("payload_rejected", f"desired state: {exc}")
             return
         await self.apply_desired(desired)
+
+    def _spawn(self, coro, name: str) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _on_announcement(self, name: str, payload: bytes) -> None:
+        try:
+            announcement = decode(ModelAnnouncement, payload)
+        except PayloadError as exc:
+            self.counters.rejected_payloads += 1
+            log.warning("model announcement rejected: %s", exc)
+            return
+        if self.swap_handler is not None and name == self.pipeline.serving.model:
+            self._spawn(self.swap_handler.prefetch(announcement, self.pipeline.batch_size),
+                        f"agent[{self.agent_id}].prefetch")
 
     async def apply_desired(self, desired: DesiredState) -> None:
         if desired.agent_id != self.agent_id:
@@ -197,13 +223,14 @@ class Agent:
             desired.version or serving.version) != serving.version
         self.applied_generation = desired.generation
         self.counters.applied_desired += 1
+        if self.swap_handler is not None:
+            # Off the message loop: a download must not hold up other messages.
+            self._spawn(self.swap_handler.apply(self, desired), f"agent[{self.agent_id}].swap")
+            return
         if wants_model or (desired.batch_size and serving.engine.batch_sizes is not None
                            and desired.batch_size not in serving.engine.batch_sizes):
-            if self.swap_handler is None:
-                await self.publish_event("swap_failed", "model/version or engine change requested but this agent "
-                                         "has no model registry configured", desired.generation)
-                return
-            await self.swap_handler.apply(self, desired)
+            await self.publish_event("swap_failed", "model/version or engine change requested but this agent "
+                                     "has no model registry configured", desired.generation)
             return
         if desired.batch_size and desired.batch_size != serving.batch_size:
             received = time.time()
@@ -241,6 +268,8 @@ class Agent:
             telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
             summary = await self.pipeline.run()
             telemetry.cancel()
+            for task in list(self._background):
+                task.cancel()
             if self.bus.connected.is_set():
                 with contextlib.suppress(Exception):
                     await self.publish_status("offline")

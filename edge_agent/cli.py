@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
 DEFAULT_LABELS = SAMPLES / "models" / "coco.names"
 DEFAULT_VIDEO = SAMPLES / "video" / "vtest.avi"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgebatch" / "artifacts"
 
 log = logging.getLogger("edge_agent")
 
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
     run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
     run.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds between telemetry messages")
+    run.add_argument("--registry", default=None, help="model registry: a directory or mongodb://... "
+                     "(engines are then fetched from it, and swapped on orders)")
+    run.add_argument("--model-name", default=None, help="model to serve from the registry")
+    run.add_argument("--model-version", default="latest", help="version to serve from the registry (default latest)")
+    run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"artifact cache (default {DEFAULT_CACHE})")
 
     demo = sub.add_parser("demo", help="the whole loop locally: private mosquitto, controller, agent")
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -110,7 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run_command(args: argparse.Namespace) -> int:
     labels = load_labels_for(args.model, args.labels)
-    engine = await asyncio.to_thread(load_engine, args.model)
+    probe = auto_probe()
+    swapper = None
+    model_name, model_version, artifact_sha = args.model.stem, "local", None
+    if args.registry:
+        from edge_agent.swap import ArtifactCache, EngineSwapper
+        from model_registry.errors import RegistryError
+        from model_registry.stores import open_store
+
+        if not args.model_name:
+            raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
+        swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir))
+        try:
+            info = await swapper.resolve(args.model_name, args.model_version, args.batch_size)
+            engine, _ = await swapper.load(info, args.batch_size, probe)
+        except RegistryError as exc:
+            raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
+        model_name, model_version, artifact_sha = info.name, info.version, info.sha256
+    else:
+        engine = await asyncio.to_thread(load_engine, args.model)
     sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
     sinks: list[FrameSink] = []
     if args.detections:
@@ -120,7 +145,8 @@ async def run_command(args: argparse.Namespace) -> int:
     config = PipelineConfig(
         batch_size=args.batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
     )
-    pipeline = Pipeline(sources, engine, NanoDetDecoder(labels), config, sinks, model=args.model.stem)
+    pipeline = Pipeline(sources, engine, NanoDetDecoder(labels), config, sinks, model=model_name,
+                        version=model_version, artifact_sha256=artifact_sha)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, pipeline.stop)
@@ -137,9 +163,9 @@ async def run_command(args: argparse.Namespace) -> int:
             settings = AgentSettings(**overrides)
         except ValueError as exc:
             raise EdgeAgentError(f"bad agent settings: {exc}") from exc
-        agent = Agent(pipeline, auto_probe(), settings, on_window=lambda w: line.update(
+        agent = Agent(pipeline, probe, settings, on_window=lambda w: line.update(
             status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
-                        pipeline.queue_depths())))
+                        pipeline.queue_depths())), swap_handler=swapper)
         summary = await agent.run()
     else:
         async def show() -> None:

@@ -49,7 +49,7 @@ class PipelineConfig:
     realtime: bool = True
     deadline_ms: float = 1000.0
     max_frames: int | None = None
-    ingress_capacity: int = 16
+    ingress_capacity: int = 32  # frames; absorbs a swap or a GC pause before any drop
     ready_capacity: int = 8
     batch_queue_capacity: int = 2
 
@@ -64,6 +64,7 @@ class ServingConfig:
     version: str = "1"
     generation: int = 0
     switched: asyncio.Future[float] | None = field(default=None, repr=False)
+    artifact_sha256: str | None = None
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Pipeline:
         sinks: Sequence[FrameSink] = (),
         model: str = "nanodet-m-416-coco",
         version: str = "1",
+        artifact_sha256: str | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
         self.sources = list(sources)
@@ -111,7 +113,8 @@ class Pipeline:
         self.stats = PipelineStats()
         self.service_time = ServiceTimeEstimate()
         self._check_batch_size(engine, self.config.batch_size)
-        self.serving = ServingConfig(engine, self.config.batch_size, model, version)
+        self.serving = ServingConfig(engine, self.config.batch_size, model, version,
+                                     artifact_sha256=artifact_sha256)
         self._ingress: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ingress_capacity)
         self._ready: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ready_capacity)
         self._batches: asyncio.Queue[_AssembledBatch | _EndOfStream] = asyncio.Queue(
@@ -149,6 +152,7 @@ class Pipeline:
         model: str | None = None,
         version: str | None = None,
         generation: int | None = None,
+        artifact_sha256: str | None = None,
     ) -> asyncio.Future[float]:
         """Serve a new batch size and/or engine from the next batch boundary on.
 
@@ -169,6 +173,7 @@ class Pipeline:
             version or current.version,
             current.generation if generation is None else generation,
             done,
+            artifact_sha256 if engine is not None else current.artifact_sha256,
         )
         return done
 

@@ -182,3 +182,17 @@ class MqttBus:
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout_s)
+
+
+async def publish_once(settings: BrokerSettings, client_id: str, topic: str, payload: bytes, qos: int = 1,
+                       retain: bool = False, timeout_s: float = 10.0) -> None:
+    """Connect, publish one message, disconnect: for command-line tools."""
+    try:
+        async with aiomqtt.Client(settings.host, settings.port, username=settings.username,
+                                  password=settings.password, identifier=client_id,
+                                  protocol=aiomqtt.ProtocolVersion.V5, timeout=timeout_s,
+                                  tls_context=ssl.create_default_context(cafile=settings.ca_file)
+                                  if settings.tls else None) as client:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout_s)
+    except aiomqtt.MqttError as exc:
+        raise ConnectionError(f"MQTT broker {settings.host}:{settings.port}: {exc}") from exc

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +17,7 @@ import pytest
 
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
-from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
+from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -69,3 +75,35 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
 def prefix() -> str:
     """A unique topic prefix per test, so tests never see each other's retained messages."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``MONGO_URL`` when set; else a MongoDB wire-protocol server (secantusdb, test-only) on a free port."""
+    if os.environ.get("MONGO_URL"):
+        yield os.environ["MONGO_URL"]
+        return
+    server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    if not Path(server).exists():
+        pytest.fail("no MongoDB: set MONGO_URL or run scripts/test.sh (it installs secantusdb)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("mongo") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
+                                 "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"MongoDB test server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield f"mongodb://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,156 @@
+"""``model-registry``: push, list, pull, rm (and build TensorRT engines on a GPU device)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from model_registry.artifacts import ArtifactQuery, pick_artifact
+from model_registry.errors import RegistryError
+from model_registry.registry import Registry, fetch_verified
+from model_registry.stores import open_store
+from mqtt_bus import BrokerSettings, publish_once
+from schemas import ArtifactTarget, ModelAnnouncement, Topics, encode
+
+PROGRESS_MIN_BYTES = 1 << 20
+
+
+def batch_list(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be >= 1")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="model-registry", description=__doc__)
+    p.add_argument("--store", default="./registry", help="a directory (default ./registry) or mongodb://...")
+    sub = p.add_subparsers(dest="command", required=True)
+    push = sub.add_parser("push", help="store a model file")
+    push.add_argument("file", type=Path)
+    push.add_argument("--name", required=True)
+    push.add_argument("--version", required=True)
+    push.add_argument("--batch-sizes", type=batch_list, default=None, help="sizes it serves (engines)")
+    push.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
+    push.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    push.add_argument("--export-static", type=batch_list, default=None,
+                      help="also store one static-batch ONNX per size, e.g. 1,2,4,8,16")
+    push.add_argument("--broker", default=None, help="announce on {prefix}/models/{name} (retained)")
+    push.add_argument("--prefix", default="edgebatch")
+    ls = sub.add_parser("list", help="list artifacts as a table")
+    ls.add_argument("--name")
+    ls.add_argument("--version")
+    pull = sub.add_parser("pull", help="download an artifact, verified by sha256")
+    pull.add_argument("id", nargs="?", help="artifact id (or use --name/--version/--batch-size)")
+    pull.add_argument("--name")
+    pull.add_argument("--version")
+    pull.add_argument("--batch-size", type=int, default=1)
+    pull.add_argument("--out", type=Path, required=True)
+    rm = sub.add_parser("rm", help="delete an artifact")
+    rm.add_argument("id")
+    build = sub.add_parser("build", help="build TensorRT engines on this device and push them")
+    build.add_argument("--onnx", type=Path, required=True)
+    build.add_argument("--name", required=True)
+    build.add_argument("--version", required=True)
+    build.add_argument("--batch-sizes", type=batch_list, default=[1, 2, 4, 8, 16])
+    build.add_argument("--fp16", action="store_true")
+    build.add_argument("--profiles", action="store_true", help="one engine, an optimization profile per size")
+    build.add_argument("--workdir", type=Path, default=Path("build/engines"))
+    return p
+
+
+@contextlib.contextmanager
+def transfer_bar(label: str, total: int) -> Iterator[callable]:  # type: ignore[valid-type]
+    if total < PROGRESS_MIN_BYTES:
+        yield lambda _moved: None
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda moved: bar.update(task, completed=moved)
+
+
+async def run(args: argparse.Namespace) -> int:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    store = open_store(args.store)
+    try:
+        if args.command == "push":
+            announcer = None
+            if args.broker:
+                settings = BrokerSettings.from_url(args.broker)
+                topics = Topics(args.prefix)
+
+                async def announcer(message: ModelAnnouncement) -> None:
+                    await publish_once(settings, "model-registry", topics.model(message.name), encode(message),
+                                       qos=1, retain=True)
+
+            registry = Registry(store, announcer)
+            if not args.file.is_file():
+                raise RegistryError(f"{args.file}: file not found")
+            with transfer_bar(f"push {args.file.name}", args.file.stat().st_size) as progress:
+                pushed = await registry.push(args.file, args.name, args.version, args.batch_sizes, args.format,
+                                             args.precision, None, args.export_static, progress)
+            for a in pushed:
+                console.print(f"pushed {a.id}  {a.name} {a.version} {a.format} batch {a.batch_sizes}"
+                              f"{' (dynamic)' if a.dynamic_batch else ''}  sha256 {a.sha256[:12]}  {a.size_bytes} B")
+            if args.broker:
+                console.print(f"announced on {Topics(args.prefix).model(args.name)}")
+        elif args.command == "list":
+            found = await store.find(ArtifactQuery(name=args.name, version=args.version))
+            table = Table(title=f"artifacts in {store.location}")
+            for col in ("id", "name", "version", "format", "batch sizes", "target", "sha256", "size"):
+                table.add_column(col)
+            for a in sorted(found, key=lambda a: (a.name, a.version, a.format, a.batch_sizes)):
+                sizes = ",".join(map(str, a.batch_sizes)) + (" (dyn)" if a.dynamic_batch else "")
+                table.add_row(a.id, a.name, a.version, a.format, sizes, a.target.platform, a.sha256[:12],
+                              f"{a.size_bytes / 2**20:.1f} MiB")
+            console.print(table)
+        elif args.command == "pull":
+            if args.id:
+                info = await store.get(args.id)
+            else:
+                if not (args.name and args.version):
+                    raise RegistryError("pull needs an id, or --name and --version")
+                found = await store.find(ArtifactQuery(name=args.name, version=args.version))
+                info = pick_artifact(found, args.batch_size, ArtifactTarget())
+                if info is None:
+                    raise RegistryError(f"no artifact of {args.name} {args.version} serves batch {args.batch_size}")
+            with transfer_bar(f"pull {info.name}", info.size_bytes) as progress:
+                await fetch_verified(store, info, args.out, progress)
+            console.print(f"pulled {info.id} to {args.out} (sha256 verified)")
+        elif args.command == "rm":
+            await store.delete(args.id)
+            console.print(f"removed {args.id}")
+        elif args.command == "build":
+            from model_registry.trt_build import build_and_push
+
+            await build_and_push(Registry(store), args)
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except (RegistryError, ConnectionError, ValueError) as exc:
+        print(f"model-registry: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
