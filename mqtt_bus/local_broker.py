@@ -29,12 +29,14 @@ def mosquitto_binary() -> str:
 
 
 class LocalBroker:
-    """mosquitto listening on 127.0.0.1 only, anonymous, with its own config and data folder.
+    """mosquitto listening on 127.0.0.1 only, with its own config and data folder; anonymous
+    unless ``auth_lines`` (password_file / acl_file lines) say otherwise.
 
     ``persistence`` keeps retained messages across ``restart()``, as a production broker does.
     """
 
-    def __init__(self, directory: Path | None = None, port: int | None = None, persistence: bool = True) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None, persistence: bool = True,
+                 auth_lines: str | None = None) -> None:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="edgebatch-mosquitto-")
         self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
         self.port = port or free_port()
@@ -44,7 +46,7 @@ class LocalBroker:
         run_as = "user root\n" if os.geteuid() == 0 else ""
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{auth_lines or 'allow_anonymous true'}\n"
             f"{run_as}"
             f"persistence {'true' if persistence else 'false'}\n"
             f"persistence_location {self.directory}/\n"

@@ -1,0 +1,95 @@
+"""compose/mosquitto/acl on a real mosquitto: an agent touches only its own topics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription
+from mqtt_bus.local_broker import LocalBroker
+from tests.conftest import ROOT
+from tests.mqtt_helpers import eventually
+
+USERS = {"controller": "ctl-secret", "registry": "reg-secret", "cam1": "cam1-secret", "cam2": "cam2-secret"}
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path):
+    passwd = tmp_path / "passwd"
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    for i, (user, password) in enumerate(USERS.items()):
+        subprocess.run([tool, *(["-c"] if i == 0 else []), "-b", str(passwd), user, password], check=True)
+    passwd.chmod(0o600)
+    acl = ROOT / "compose" / "mosquitto" / "acl"
+    broker = LocalBroker(tmp_path, persistence=False,
+                         auth_lines=f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}").start()
+    yield broker
+    broker.close()
+
+
+class Peer:
+    def __init__(self, broker: LocalBroker, user: str | None, subscribe: list[str] = ()) -> None:
+        password = USERS.get(user or "")
+        settings = BrokerSettings(broker.host, broker.port, username=user, password=password)
+        self.heard: list[IncomingMessage] = []
+        self.bus = MqttBus(settings, f"peer-{user}", [Subscription(t, qos=1) for t in subscribe],
+                           backoff_initial_s=0.1, backoff_max_s=0.5)
+        self.task: asyncio.Task[None] | None = None
+
+    async def _hear(self, message: IncomingMessage) -> None:
+        self.heard.append(message)
+
+    async def __aenter__(self) -> Peer:
+        self.task = asyncio.create_task(self.bus.run(self._hear))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def topics(self) -> list[str]:
+        return [m.topic for m in self.heard]
+
+
+async def test_agents_are_confined_to_their_own_topics(secured_broker) -> None:
+    async with Peer(secured_broker, "controller", ["$share/ctl/edgebatch/agents/+/telemetry",
+                                                   "edgebatch/agents/+/desired",
+                                                   "edgebatch/models/+"]) as ctl, \
+            Peer(secured_broker, "cam1", ["edgebatch/agents/cam1/desired", "edgebatch/agents/cam2/desired"]) as cam1, \
+            Peer(secured_broker, "registry") as reg:
+        for peer in (ctl, cam1, reg):
+            await peer.bus.wait_connected(10)
+        await cam1.bus.publish("edgebatch/agents/cam1/telemetry", b"own", qos=1)
+        await cam1.bus.publish("edgebatch/agents/cam2/telemetry", b"forged", qos=1)
+        await cam1.bus.publish("edgebatch/agents/cam1/desired", b"self-ordered", qos=1)
+        await cam1.bus.publish("edgebatch/models/nanodet", b"fake model", qos=1)
+        await ctl.bus.publish("edgebatch/agents/cam1/desired", b"order1", qos=1)
+        await ctl.bus.publish("edgebatch/agents/cam2/desired", b"order2", qos=1)
+        await reg.bus.publish("edgebatch/models/nanodet", b"real model", qos=1)
+        await eventually(lambda: "edgebatch/models/nanodet" in ctl.topics() and len(cam1.heard) >= 1, 10, "delivery")
+        await asyncio.sleep(0.5)
+    payloads = {m.payload for m in ctl.heard}
+    assert b"own" in payloads and b"real model" in payloads and b"order1" in payloads
+    assert b"forged" not in payloads, "an agent published as another agent"
+    assert b"self-ordered" not in payloads, "an agent wrote desired state"
+    assert b"fake model" not in payloads, "an agent announced a model"
+    assert [m.payload for m in cam1.heard] == [b"order1"], "an agent read another agent's desired state"
+
+
+async def test_anonymous_and_wrong_password_are_refused(secured_broker) -> None:
+    for user, password in ((None, None), ("cam1", "wrong")):
+        settings = BrokerSettings(secured_broker.host, secured_broker.port, username=user, password=password)
+        bus = MqttBus(settings, f"intruder-{user}", backoff_initial_s=0.1, backoff_max_s=0.2)
+        task = asyncio.create_task(bus.run(lambda m: asyncio.sleep(0)))
+        await asyncio.sleep(1.0)
+        assert bus.counters.connects == 0
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
