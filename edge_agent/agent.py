@@ -93,11 +93,19 @@ class Agent:
         if self._capabilities is None:
             sample = self.probe.sample()
             sm = getattr(self.probe, "compute_capability", None)
+            backends = available_backends()
+            facts: dict[str, str] = {}
+            if "tensorrt" in backends:
+                from edge_agent.engines.tensorrt import device_facts
+
+                facts = device_facts()
             self._capabilities = Capabilities(
-                backends=available_backends(),
-                platform=self.probe.name if self.probe.name != "host" else "cpu",
+                backends=backends,
+                platform=facts.get("platform") or (self.probe.name if self.probe.name != "host" else "cpu"),
                 gpu_name=self.probe.device_name() if self.probe.name != "host" else None,
-                gpu_sm=sm() if callable(sm) else None,
+                gpu_sm=facts.get("sm") or (sm() if callable(sm) else None),
+                tensorrt_version=facts.get("tensorrt"),
+                cuda_version=facts.get("cuda"),
                 memory_total_bytes=sample.gpu_memory_total_bytes or sample.host_memory_total_bytes,
             )
         return self._capabilities

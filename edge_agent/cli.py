@@ -121,13 +121,13 @@ async def run_command(args: argparse.Namespace) -> int:
     swapper = None
     model_name, model_version, artifact_sha = args.model.stem, "local", None
     if args.registry:
-        from edge_agent.swap import ArtifactCache, EngineSwapper
+        from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
         from model_registry.errors import RegistryError
         from model_registry.stores import open_store
 
         if not args.model_name:
             raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
-        swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir))
+        swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir), local_device_target())
         try:
             info = await swapper.resolve(args.model_name, args.model_version, args.batch_size)
             engine, _ = await swapper.load(info, args.batch_size, probe)

@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 MIB = 2**20
 
 
+def local_device_target() -> ArtifactTarget:
+    """This device as an engine target: its GPU facts where TensorRT runs, else ONNX only."""
+    from edge_agent.engines import tensorrt as trt_backend
+
+    if not trt_backend.available():
+        return ArtifactTarget()
+    facts = trt_backend.device_facts()
+    return ArtifactTarget(platform=facts["platform"], sm=facts["sm"], tensorrt=facts["tensorrt"], cuda=facts["cuda"])
+
+
 class ArtifactCache:
     """Artifacts on disk by sha256: returning to a batch size or version costs no download."""
 

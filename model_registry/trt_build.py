@@ -1,0 +1,82 @@
+"""``model-registry build``: TensorRT engines built on the device that will run them.
+
+One static engine per batch size (the paper's layout: a batch change is an engine swap), or with
+``--profiles`` one engine with an optimization profile per batch size (a batch change is only a
+context switch). The target (platform, SM, TensorRT, CUDA, precision) is recorded with each
+engine; agents load only engines whose target matches their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from model_registry.errors import RegistryError
+from model_registry.export import inspect_onnx
+from model_registry.registry import Registry
+from schemas import ArtifactInfo, ArtifactTarget
+
+INPUT_CHW = (3, 416, 416)
+
+
+def target_from_facts(facts: dict[str, str]) -> ArtifactTarget:
+    return ArtifactTarget(platform=facts["platform"], sm=facts["sm"], tensorrt=facts["tensorrt"], cuda=facts["cuda"])
+
+
+def plan_builds(batch_sizes: list[int], profiles: bool) -> list[list[int]]:
+    """Which batch sizes each engine serves: one engine for all (profiles) or one per size."""
+    return [sorted(batch_sizes)] if profiles else [[size] for size in sorted(batch_sizes)]
+
+
+def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool, out: Path) -> Path:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RegistryError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    if fp16:
+        if not builder.platform_has_fast_fp16:
+            raise RegistryError("--fp16 asked for, but this GPU has no fast FP16")
+        config.set_flag(trt.BuilderFlag.FP16)
+    for size in sizes:
+        profile = builder.create_optimization_profile()
+        shape = (size, *INPUT_CHW)
+        profile.set_shape(input_name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RegistryError(f"TensorRT failed to build {onnx_path} for batch sizes {sizes}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(plan))
+    return out
+
+
+async def build_and_push(registry: Registry, args: argparse.Namespace) -> list[ArtifactInfo]:
+    from edge_agent.engines.tensorrt import device_facts, missing_runtime
+
+    problem = missing_runtime()
+    if problem:
+        raise RegistryError(f"cannot build TensorRT engines here: {problem}")
+    facts = device_facts()
+    target = target_from_facts(facts)
+    shape = await asyncio.to_thread(inspect_onnx, args.onnx)
+    if shape.batch is not None:
+        raise RegistryError(f"{args.onnx}: batch axis is fixed at {shape.batch}; export with a dynamic batch axis")
+    precision = "fp16" if args.fp16 else "fp32"
+    pushed: list[ArtifactInfo] = []
+    for sizes in plan_builds(args.batch_sizes, args.profiles):
+        tag = "-".join(map(str, sizes))
+        out = args.workdir / f"{args.name}-{args.version}-b{tag}-{precision}-sm{target.sm}.plan"
+        print(f"building {out.name} on {facts['gpu_name']} ...", flush=True)
+        await asyncio.to_thread(build_engine, args.onnx, shape.input_name, sizes, args.fp16, out)
+        pushed += await registry.push(out, args.name, args.version, batch_sizes=sizes, fmt="tensorrt",
+                                      precision=precision, target=target)
+        print(f"pushed {out.name}", flush=True)
+    return pushed

@@ -1,0 +1,93 @@
+"""The GPU path: what CPU CI can check (guards, builder metadata, target matching), and the real
+TensorRT / NVML checks that run only where a GPU is present."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.engines import available_backends, load_engine
+from edge_agent.engines import tensorrt as trt_backend
+from edge_agent.errors import BackendUnavailable
+from model_registry.artifacts import pick_artifact
+from model_registry.trt_build import plan_builds, target_from_facts
+from schemas import ArtifactInfo, ArtifactTarget
+from tests.conftest import MODEL
+
+HAS_GPU = trt_backend.available()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU with TensorRT + cuda-python (CI has none)")
+
+
+def artifact(fmt: str, sizes: list[int], target: ArtifactTarget, created: float = 1.0, dynamic: bool = False):
+    return ArtifactInfo(id=f"{fmt}{sizes}{target.sm}", name="m", version="1", batch_sizes=sizes, format=fmt,
+                        dynamic_batch=dynamic, target=target, sha256="a" * 64, size_bytes=1, created=created)
+
+
+ORIN = ArtifactTarget(platform="jetson-orin", sm="8.7", tensorrt="10.3.0", cuda="12.6")
+XAVIER = ArtifactTarget(platform="jetson-xavier", sm="7.2", tensorrt="8.5.2", cuda="11.4")
+
+
+def test_agent_picks_only_engines_built_for_its_target() -> None:
+    candidates = [
+        artifact("tensorrt", [4], XAVIER),
+        artifact("tensorrt", [4], ORIN),
+        artifact("onnx", [64], ArtifactTarget(), dynamic=True),
+    ]
+    assert pick_artifact(candidates, 4, ORIN).target == ORIN
+    assert pick_artifact(candidates, 4, XAVIER).target == XAVIER
+    other_trt = ORIN.model_copy(update={"tensorrt": "10.4.0"})
+    assert pick_artifact(candidates, 4, other_trt).format == "onnx", "a TensorRT version mismatch falls back"
+    assert pick_artifact(candidates, 8, ORIN).format == "onnx", "no engine for 8: the ONNX fallback"
+    assert pick_artifact(candidates[:2], 8, ORIN) is None
+
+
+def test_builder_plans_and_records_the_target() -> None:
+    assert plan_builds([8, 1, 4], profiles=False) == [[1], [4], [8]]
+    assert plan_builds([8, 1, 4], profiles=True) == [[1, 4, 8]]
+    facts = {"platform": "jetson-orin", "sm": "8.7", "tensorrt": "10.3.0", "cuda": "12.6", "gpu_name": "Orin"}
+    assert target_from_facts(facts) == ORIN
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU behaviour")
+def test_without_tensorrt_the_backend_says_so_and_the_rest_works(tmp_path: Path) -> None:
+    assert available_backends() == ["onnxruntime"]
+    plan = tmp_path / "x.plan"
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(BackendUnavailable) as err:
+        load_engine(plan, "tensorrt")
+    assert "not installed" in str(err.value) or "no CUDA device" in str(err.value)
+    result = subprocess.run([sys.executable, "-m", "model_registry.cli", "--store", str(tmp_path / "reg"), "build",
+                             "--onnx", str(MODEL), "--name", "m", "--version", "1"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "cannot build TensorRT engines here" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_gpu
+def test_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
+    from model_registry.export import inspect_onnx
+    from model_registry.trt_build import build_engine
+
+    name = inspect_onnx(MODEL).input_name
+    plan = build_engine(MODEL, name, [1, 4], fp16=False, out=tmp_path / "b14.plan")
+    engine = load_engine(plan, "tensorrt")
+    assert engine.batch_sizes == frozenset({1, 4})
+    batch = np.random.default_rng(0).standard_normal((4, 3, 416, 416)).astype(np.float32)
+    trt_out = engine.infer(batch)
+    ort_out = load_engine(MODEL).infer(batch)
+    for key, value in ort_out.items():
+        assert np.allclose(trt_out[key], value, atol=2e-2), key
+    assert engine.memory_bytes() > 0
+    engine.close()
+
+
+@needs_gpu
+def test_nvml_probe_reports_gpu_memory() -> None:
+    from edge_agent.probes.nvml import NvmlProbe
+
+    sample = NvmlProbe().sample()
+    assert sample.gpu_memory_total_bytes > sample.gpu_memory_used_bytes > 0
+    assert 0 <= sample.gpu_util_pct <= 100
