@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--streams", type=positive_int, default=3, help="concurrent streams (default 3)")
     demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
     demo.add_argument("--policy", default="kum2022", help="controller policy (default kum2022)")
+    demo.add_argument("--registry", default=None, help="swap engines from this registry (default: a fresh local "
+                      "one holding the sample model exported for batch 1, 2, 4, 8, 16)")
 
     prof = sub.add_parser("profile", help="measure pre/infer/post per batch size (the paper's Table 1)")
     prof.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
             labels = args.labels or DEFAULT_LABELS
             load_engine(args.model).close()
-            return asyncio.run(run_demo(args.model, labels, args.source, args.streams, args.duration, args.policy))
+            return asyncio.run(run_demo(args.model, labels, args.source, args.streams, args.duration, args.policy,
+                                        registry=args.registry))
     except EdgeAgentError as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2

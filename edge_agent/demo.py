@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -14,25 +17,46 @@ from cloud_controller.controller import Controller
 from cloud_controller.policies import make_policy
 from edge_agent.agent import Agent
 from edge_agent.console import make_console, print_summary
-from edge_agent.engines import load_engine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import open_sources
+from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
+from model_registry.registry import Registry
+from model_registry.stores import open_store
 from mqtt_bus import BrokerSettings
 from mqtt_bus.local_broker import LocalBroker
 from schemas import AgentEvent
 
+LADDER = [1, 2, 4, 8, 16]
+
+
+async def prepare_registry(registry: str | None, model: Path, workdir: Path,
+                           say: Callable[[str], None]) -> tuple[EngineSwapper, str]:
+    """The registry the agent swaps from: the given one, or a local one filled with the sample model
+    exported once per batch size of the ladder (so every batch change is a real engine swap)."""
+    location = registry or str(workdir / "registry")
+    store = open_store(location)
+    name = "nanodet-m-416-coco"
+    if registry is None:
+        t = time.monotonic()
+        pushed = await Registry(store).push(model, name, "1", export_static=LADDER)
+        say(f"registry {location}: pushed {len(pushed)} artifacts (dynamic + static batch {LADDER}) "
+            f"in {time.monotonic() - t:.1f} s")
+    return EngineSwapper(store, ArtifactCache(workdir / "cache"), local_device_target()), name
+
 
 async def run_demo(model: Path, labels: Path, video: Path, streams: int, duration_s: float, policy: str,
-                   initial_batch: int = 1, console: Console | None = None) -> int:
+                   initial_batch: int = 1, registry: str | None = None, console: Console | None = None) -> int:
     console = console or make_console()
     t0 = time.monotonic()
 
     def say(text: str) -> None:
         console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/dim] {text}", highlight=False)
 
+    workdir = Path(tempfile.mkdtemp(prefix="edgebatch-demo-"))
+    swapper, name = await prepare_registry(registry, model, workdir, say)
     with LocalBroker(persistence=False) as broker:
         say(f"mosquitto listening on {broker.url}")
         controller = Controller(BrokerSettings.from_url(broker.url), make_policy(policy), prefix="edgebatch",
@@ -42,17 +66,22 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
             f"batch {decision.figures.get('batch_size')} -> [bold]{desired.batch_size}[/bold] ({decision.reason})"))
 
         def on_event(event: AgentEvent) -> None:
-            if event.kind == "desired_applied" and event.timings_ms:
-                say(f"[bold green]agent[/bold green] {event.detail}: first batch "
-                    f"{event.timings_ms.get('decision_to_first_batch', 0):.0f} ms after the decision")
+            if event.kind == "swap_finished" and "decision_to_first_batch" in event.timings_ms:
+                t = event.timings_ms
+                say(f"[bold green]agent[/bold green] swapped to {event.detail}: "
+                    f"{'cache hit' if t.get('cache_hit') else 'downloaded'} {t.get('download', 0):.0f} ms, "
+                    f"load {t.get('load', 0):.0f} ms, warm-up {t.get('warmup', 0):.0f} ms; first batch "
+                    f"{t['decision_to_first_batch']:.0f} ms after the decision")
             elif event.kind in ("swap_failed", "payload_rejected", "error"):
                 say(f"[bold red]agent[/bold red] {event.kind}: {event.detail}")
 
         controller.event_listeners.append(on_event)
-        engine = await asyncio.to_thread(load_engine, model)
+        info = await swapper.resolve(name, "latest", initial_batch)
+        engine, _ = await swapper.load(info, initial_batch, auto_probe())
         sources = await open_sources([str(video)] * streams, loop=True)
         pipeline = Pipeline(sources, engine, NanoDetDecoder(load_labels(labels)),
-                            PipelineConfig(batch_size=initial_batch, realtime=True))
+                            PipelineConfig(batch_size=initial_batch, realtime=True), model=name,
+                            version=info.version, artifact_sha256=info.sha256)
         settings = AgentSettings(broker_url=broker.url, agent_id="demo-agent", prefix="edgebatch")
 
         def on_window(w) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +90,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
                     f"batch delay {w.latency['batch'].mean_ms:6.1f} ms  e2e p95 {w.latency['e2e'].p95_ms:6.0f} ms  "
                     f"dropped {pipeline.stats.dropped}  missed {pipeline.stats.deadline_misses}")
 
-        agent = Agent(pipeline, auto_probe(), settings, on_window=on_window)
+        agent = Agent(pipeline, auto_probe(), settings, on_window=on_window, swap_handler=swapper)
         say(f"agent: {streams} x {video.name} at {sources[0].info.fps:g} fps each "  # type: ignore[union-attr]
             f"({pipeline.source_fps_total:g} fps in all), starting at batch {initial_batch}, policy {policy}")
         loop = asyncio.get_running_loop()
@@ -78,6 +107,8 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
     print_summary(summary, console)
     path = " -> ".join(str(d[1]) for d in controller.agents["demo-agent"].decisions) if controller.agents else ""
     console.print(f"controller: {controller.counters.telemetry} telemetry messages, "
-                  f"{controller.counters.decisions} decisions (batch 1 -> {path or 'no change'}); "
-                  f"frames lost: {summary.frames_in - summary.frames_out - summary.dropped}")
+                  f"{controller.counters.decisions} decisions (batch {initial_batch} -> {path or 'no change'}); "
+                  f"engine swaps: {swapper.swaps} done, {swapper.failures} failed; "
+                  f"[bold]frames lost: {summary.frames_in - summary.frames_out - summary.dropped}[/bold]")
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
