@@ -19,7 +19,12 @@ stamp=.venv/.edgebatch-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing edgebatch and its dependencies into .venv ..." >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e ".[test,dev]" 2>&1 | grep -v -E "^WARNING: Location|^\s*$" || true
-  .venv/bin/python -c "import edge_agent, aiomqtt, onnxruntime, cv2" 
+  log=.venv/install.log
+  if ! .venv/bin/python -m pip install -q -e ".[test,dev]" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2
+    echo "setup: pip install failed (full log in $log)" >&2
+    exit 1
+  fi
+  .venv/bin/python -c "import edge_agent, aiomqtt, onnxruntime, cv2, gridfs"
   touch "$stamp"
 fi
