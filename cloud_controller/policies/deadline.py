@@ -1,0 +1,147 @@
+"""Deadline-aware policy with a learned profile, hysteresis and a cool-down.
+
+Where Kum2022 steps one rung at a time and oscillates around the real-time limit, this policy
+remembers the measured batch delay of every batch size it has run (per agent), predicts the ones it
+has not, and picks the largest batch size (best accelerator efficiency) that
+- keeps up with the input with a headroom: delay(m) <= headroom x m x frame interval, and
+- keeps the deadline: (m - 1) x frame interval (batch fill) + delay(m) <= SLO, and
+- fits in memory (when growing).
+It moves at most one rung up into the unknown, needs the better choice to hold for ``stable_windows``
+windows before moving, and after a size fails it does not return to it for ``ban_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cloud_controller.policies.base import Decision
+from schemas import Telemetry
+
+KEY = "deadline"
+
+
+@dataclass(frozen=True)
+class DeadlineConfig:
+    ladder: tuple[int, ...] = (1, 2, 4, 8, 16)
+    slo_ms: float = 1000.0
+    headroom: float = 0.85
+    memory_threshold: float = 0.8
+    stable_windows: int = 2
+    ban_s: float = 60.0
+    ewma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.ladder or list(self.ladder) != sorted(set(self.ladder)) or self.ladder[0] < 1:
+            raise ValueError(f"ladder {self.ladder} must be increasing batch sizes >= 1")
+        if not 0 < self.headroom <= 1 or not 0 < self.memory_threshold <= 1 or self.slo_ms <= 0:
+            raise ValueError("headroom and memory_threshold must be in (0, 1], slo_ms > 0")
+
+
+@dataclass
+class _AgentProfile:
+    delay_ms: dict[int, float] = field(default_factory=dict)
+    banned_until: dict[int, float] = field(default_factory=dict)
+    candidate: int | None = None
+    candidate_windows: int = 0
+
+
+class DeadlinePolicy:
+    name = KEY
+
+    def __init__(self, config: DeadlineConfig | None = None, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.config = config or DeadlineConfig()
+        self.clock = clock
+        self.profiles: dict[str, _AgentProfile] = {}
+
+    def predicted_delay(self, profile: _AgentProfile, size: int) -> float:
+        known = profile.delay_ms
+        if size in known:
+            return known[size]
+        if len(known) >= 2:
+            # delay = fixed + per_item x n, fitted to what was measured (the batch amortises the fixed part)
+            sizes = np.array(sorted(known), dtype=float)
+            delays = np.array([known[int(s)] for s in sizes])
+            per_item, fixed = np.polyfit(sizes, delays, 1)
+            return float(max(0.0, fixed) + max(0.0, per_item) * size)
+        # One point: proportional, pessimistic on a GPU, about right on a CPU.
+        (only,) = known
+        return known[only] * size / only
+
+    def feasible(self, profile: _AgentProfile, size: int, interval_ms: float) -> tuple[bool, float, float]:
+        delay = self.predicted_delay(profile, size)
+        e2e = (size - 1) * interval_ms + delay
+        ok = delay <= self.config.headroom * size * interval_ms and e2e <= self.config.slo_ms
+        return ok, delay, e2e
+
+    def decide(self, telemetry: Telemetry) -> Decision | None:
+        cfg = self.config
+        if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
+            return None
+        profile = self.profiles.setdefault(telemetry.agent_id, _AgentProfile())
+        n = telemetry.batch_size
+        measured = telemetry.latency["batch"].mean_ms
+        old = profile.delay_ms.get(n)
+        profile.delay_ms[n] = measured if old is None else old + cfg.ewma * (measured - old)
+        interval = 1000.0 / telemetry.source_fps_total
+        now = self.clock()
+        memory = telemetry.resources.memory_used_ratio
+        current_ok, delay_n, e2e_n = self.feasible(profile, n, interval)
+        if not current_ok:
+            profile.banned_until[n] = now + cfg.ban_s
+        largest_known = max(profile.delay_ms)
+        best = None
+        for size in cfg.ladder:
+            if profile.banned_until.get(size, 0) > now:
+                continue
+            if size > largest_known and size != min((s for s in cfg.ladder if s > largest_known), default=size):
+                continue  # explore at most one rung beyond what has been measured
+            if size > n and memory >= cfg.memory_threshold:
+                continue
+            ok, _, _ = self.feasible(profile, size, interval)
+            if ok:
+                best = size
+        figures = {"batch_size": n, "batch_delay_ms": round(delay_n, 2), "e2e_pred_ms": round(e2e_n, 2),
+                   "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
+        if best is None:
+            return self._overloaded(profile, n, interval, memory, figures)
+        if best == n:
+            profile.candidate, profile.candidate_windows = None, 0
+            return None
+        if current_ok:  # hysteresis: a move that is not forced must be wanted for a while
+            if profile.candidate != best:
+                profile.candidate, profile.candidate_windows = best, 0
+            profile.candidate_windows += 1
+            if profile.candidate_windows < cfg.stable_windows:
+                return None
+        profile.candidate, profile.candidate_windows = None, 0
+        _, delay_b, e2e_b = self.feasible(profile, best, interval)
+        why = ("current size misses: " if not current_ok else "") + (
+            f"batch {n}: delay {delay_n:.0f} ms, e2e {e2e_n:.0f} ms -> batch {best}: predicted delay {delay_b:.0f} ms "
+            f"<= {cfg.headroom:.0%} x {best} x {interval:.1f} ms, e2e {e2e_b:.0f} ms <= SLO {cfg.slo_ms:.0f} ms")
+        return Decision(best, why, figures)
+
+    def _overloaded(self, profile: _AgentProfile, n: int, interval: float, memory: float,
+                    figures: dict[str, float]) -> Decision | None:
+        """No size keeps up: serve the most frames per second (fewest drops). Try the next rung up
+        once while its throughput is unknown; move only for a clear (> 10 %) gain."""
+        cfg = self.config
+        candidates = set(profile.delay_ms)
+        up = next((s for s in cfg.ladder if s > max(profile.delay_ms)), None)
+        if up is not None and memory < cfg.memory_threshold:
+            candidates.add(up)
+
+        def fps(size: int) -> float:
+            return size * 1000.0 / max(1e-6, self.predicted_delay(profile, size))
+
+        if len(profile.delay_ms) == 1 and up is not None and up in candidates:
+            # One measurement says nothing about how the batch amortises: measure a second size.
+            return Decision(up, f"overloaded at batch {n} (input {1000.0 / interval:.1f} fps, "
+                            f"{fps(n):.1f} fps served): measuring batch {up}", figures)
+        best = max(sorted(candidates), key=fps)
+        if best == n or fps(best) < 1.1 * fps(n):
+            return None
+        return Decision(best, f"overloaded at every size (input {1000.0 / interval:.1f} fps): batch {best} serves "
+                        f"{fps(best):.1f} fps vs {fps(n):.1f} fps at batch {n}", figures)
