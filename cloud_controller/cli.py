@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=f"controller-{socket.gethostname()}", help="controller client id")
     p.add_argument("--share-group", default="edgebatch-controllers", help="replicas in one group split the fleet")
     p.add_argument("--fleet-interval", type=float, default=10.0, help="seconds between fleet summaries")
+    p.add_argument("--http", default="127.0.0.1:8080",
+                   help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -48,12 +50,22 @@ async def serve(args: argparse.Namespace) -> int:
             for line in controller.fleet_lines():
                 print(line, flush=True)
 
+    server = None
+    if args.http != "off":
+        from cloud_controller.web import FleetServer
+
+        host, _, port = args.http.rpartition(":")
+        server = FleetServer(controller, host or "127.0.0.1", int(port))
+        await server.start()
+        print(f"fleet view on http://{server.host}:{server.port}/ (metrics on /metrics)", flush=True)
     async with asyncio.TaskGroup() as tg:
         runner = tg.create_task(controller.run(), name="controller.bus")
         shower = tg.create_task(fleet(), name="controller.fleet")
         await stop.wait()
         runner.cancel()
         shower.cancel()
+    if server is not None:
+        await server.close()
     return 0
 
 
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         BrokerSettings.from_url(args.broker)
+        if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
+            raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:
         print(f"cloud-controller: error: {exc}", file=sys.stderr)
         return 2

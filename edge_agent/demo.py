@@ -15,6 +15,7 @@ from rich.console import Console
 
 from cloud_controller.controller import Controller
 from cloud_controller.policies import make_policy
+from cloud_controller.web import FleetServer
 from edge_agent.agent import Agent
 from edge_agent.console import make_console, print_summary
 from edge_agent.nanodet import NanoDetDecoder, load_labels
@@ -76,6 +77,8 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
                 say(f"[bold red]agent[/bold red] {event.kind}: {event.detail}")
 
         controller.event_listeners.append(on_event)
+        fleet = FleetServer(controller, "127.0.0.1", 0)
+        say(f"controller ({policy}); fleet view http://127.0.0.1:{await fleet.start()}/ (Prometheus on /metrics)")
         info = await swapper.resolve(name, "latest", initial_batch)
         engine, _ = await swapper.load(info, initial_batch, auto_probe())
         sources = await open_sources([str(video)] * streams, loop=True)
@@ -103,6 +106,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
             summary = await agent.run()
             await asyncio.sleep(0.3)  # let the last events arrive
             ctl.cancel()
+        await fleet.close()
     console.print()
     print_summary(summary, console)
     path = " -> ".join(str(d[1]) for d in controller.agents["demo-agent"].decisions) if controller.agents else ""
