@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     demo.add_argument("--labels", type=Path, default=None)
     demo.add_argument("--source", type=Path, default=DEFAULT_VIDEO, help="video played by every stream")
-    demo.add_argument("--streams", type=positive_int, default=3, help="concurrent streams (default 3)")
+    demo.add_argument("--streams", type=positive_int, default=None,
+                      help="concurrent streams (default: as many as load this device to about 60%%)")
     demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
     demo.add_argument("--policy", default="kum2022", help="controller policy (default kum2022)")
     demo.add_argument("--registry", default=None, help="swap engines from this registry (default: a fresh local "

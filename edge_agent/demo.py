@@ -18,9 +18,11 @@ from cloud_controller.policies import make_policy
 from cloud_controller.web import FleetServer
 from edge_agent.agent import Agent
 from edge_agent.console import make_console, print_summary
+from edge_agent.engines import InferenceEngine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
+from edge_agent.profiler import profile_batch_size, read_frames
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import open_sources
 from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
@@ -48,7 +50,18 @@ async def prepare_registry(registry: str | None, model: Path, workdir: Path,
     return EngineSwapper(store, ArtifactCache(workdir / "cache"), local_device_target()), name
 
 
-async def run_demo(model: Path, labels: Path, video: Path, streams: int, duration_s: float, policy: str,
+def streams_for_load(engine: InferenceEngine, decoder: NanoDetDecoder, video: Path,
+                     target_load: float = 0.6) -> tuple[int, float, float]:
+    """How many streams of ``video`` load this device to about ``target_load`` at batch 1:
+    measures pre + infer + post of a few real frames. Returns (streams, ms per frame, fps per stream)."""
+    frames, fps = read_frames(str(video), 6)
+    profile_batch_size(engine, decoder, frames, 1, 1)  # warm-up
+    pre, infer, post = profile_batch_size(engine, decoder, frames, 1, 5)
+    per_frame = pre + infer + post
+    return max(1, min(8, round(target_load * 1000.0 / (per_frame * fps)))), per_frame, fps
+
+
+async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, duration_s: float, policy: str,
                    initial_batch: int = 1, registry: str | None = None, console: Console | None = None) -> int:
     console = console or make_console()
     t0 = time.monotonic()
@@ -81,8 +94,13 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int, duratio
         say(f"controller ({policy}); fleet view http://127.0.0.1:{await fleet.start()}/ (Prometheus on /metrics)")
         info = await swapper.resolve(name, "latest", initial_batch)
         engine, _ = await swapper.load(info, initial_batch, auto_probe())
+        decoder = NanoDetDecoder(load_labels(labels))
+        if streams is None:
+            streams, per_frame, fps = await asyncio.to_thread(streams_for_load, engine, decoder, video)
+            say(f"this device: {per_frame:.0f} ms per frame at batch 1 -> {streams} stream(s) of {fps:g} fps "
+                f"(about 60% load; --streams N to choose)")
         sources = await open_sources([str(video)] * streams, loop=True)
-        pipeline = Pipeline(sources, engine, NanoDetDecoder(load_labels(labels)),
+        pipeline = Pipeline(sources, engine, decoder,
                             PipelineConfig(batch_size=initial_batch, realtime=True), model=name,
                             version=info.version, artifact_sha256=info.sha256)
         settings = AgentSettings(broker_url=broker.url, agent_id="demo-agent", prefix="edgebatch")
