@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -81,28 +82,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     engine = load_engine(MODEL)
     decoder = NanoDetDecoder(load_labels(LABELS))
     sequential(engine, decoder, 2 * args.batch_size, args.batch_size)  # warm up
-    seq = sequential(engine, decoder, args.frames, args.batch_size)
-    pipe = asyncio.run(pipelined(engine, decoder, args.frames, args.batch_size))
-    raw = raw_engine(engine, args.frames, args.batch_size)
+    # Interleaved rounds, so a noisy neighbour slows all three alike rather than one of them.
+    rounds = []
+    for _ in range(args.rounds):
+        s = sequential(engine, decoder, args.frames, args.batch_size)
+        p = asyncio.run(pipelined(engine, decoder, args.frames, args.batch_size))
+        r = raw_engine(engine, args.frames, args.batch_size)
+        rounds.append((s, p, r))
+    seq = {k: statistics.median(r[0][k] for r in rounds) for k in rounds[0][0]}
+    pipe = {"fps": statistics.median(r[1]["fps"] for r in rounds)}
+    raw = {"fps": statistics.median(r[2]["fps"] for r in rounds)}
     stages = [seq[f"{k}_ms_per_frame"] for k in ("decode", "pre", "infer", "post")]
     result = {
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores, {platform.processor() or 'cpu'}",
         "backend": engine.backend,
         "batch_size": args.batch_size,
         "frames": args.frames,
+        "rounds": args.rounds,
         "sequential_fps": round(seq["fps"], 2),
         "pipeline_fps": round(pipe["fps"], 2),
         "raw_engine_fps": round(raw["fps"], 2),
         "stage_ms_per_frame": {k: round(v, 2) for k, v in zip(("decode", "pre", "infer", "post"), stages,
                                                                 strict=True)},
-        "pipelined_over_sequential": round(pipe["fps"] / seq["fps"], 3),
+        "pipelined_over_sequential": round(statistics.median(p["fps"] / s["fps"] for s, p, _ in rounds), 3),
+        "pipelined_over_sequential_by_round": [round(p["fps"] / s["fps"], 3) for s, p, _ in rounds],
         "ideal_pipelined_over_sequential": round(sum(stages) / max(stages), 3),
-        "pipeline_over_raw_engine": round(pipe["fps"] / raw["fps"], 3),
+        "pipeline_over_raw_engine": round(statistics.median(p["fps"] / r["fps"] for _, p, r in rounds), 3),
+        "pipeline_over_raw_engine_by_round": [round(p["fps"] / r["fps"], 3) for _, p, r in rounds],
     }
     print(json.dumps(result, indent=2))
     if args.json:
