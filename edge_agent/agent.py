@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.engines import available_backends
+from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline
 from edge_agent.probes import ResourceProbe
 from edge_agent.settings import AgentSettings
+from edge_agent.sinks import to_message
 from edge_agent.stats import WindowStats
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
@@ -79,6 +81,8 @@ class Agent:
         subscriptions = [Subscription(self.topics.desired(self.agent_id), qos=1)]
         if swap_handler is not None:
             subscriptions.append(Subscription(self.topics.all_models(), qos=1))
+        if settings.publish_detections:
+            pipeline.sinks.append(self)
         self.bus = MqttBus(
             BrokerSettings.from_url(settings.broker_url, settings.broker_ca_file),
             client_id=f"agent-{self.agent_id}",
@@ -120,6 +124,15 @@ class Agent:
                                  backend=serving.engine.backend),
             applied_generation=self.applied_generation,
         )
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        """FrameSink: per-frame detections on MQTT (QoS 0, best effort; never slows the pipeline)."""
+        topic = self.topics.detections(self.agent_id)
+        for frame in frames:
+            await self.bus.publish(topic, encode(to_message(frame)))
+
+    async def close(self) -> None:
+        return None
 
     async def publish_status(self, state: str = "online") -> None:
         if self._capabilities is None:
@@ -274,6 +287,9 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             bus = tg.create_task(self.bus.run(self.handle), name=f"agent[{self.agent_id}].bus")
             telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
+            # Give the broker a moment so the first figures and orders are not missed; never more.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bus.connected.wait(), self.settings.connect_wait_s)
             summary = await self.pipeline.run()
             telemetry.cancel()
             for task in list(self._background):

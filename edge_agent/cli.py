@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
     run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
     run.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds between telemetry messages")
+    run.add_argument("--publish-detections", action="store_true", help="publish per-frame detections on MQTT")
     run.add_argument("--registry", default=None, help="model registry: a directory or mongodb://... "
                      "(engines are then fetched from it, and swapped on orders)")
     run.add_argument("--model-name", default=None, help="model to serve from the registry")
@@ -159,7 +160,8 @@ async def run_command(args: argparse.Namespace) -> int:
         from edge_agent.agent import Agent
         from edge_agent.settings import AgentSettings
 
-        overrides = {"broker_url": args.broker, "prefix": args.prefix, "telemetry_interval_s": args.telemetry_interval}
+        overrides = {"broker_url": args.broker, "prefix": args.prefix, "telemetry_interval_s": args.telemetry_interval,
+                     "publish_detections": args.publish_detections}
         if args.agent_id:
             overrides["agent_id"] = args.agent_id
         try:

@@ -99,6 +99,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
             streams, per_frame, fps = await asyncio.to_thread(streams_for_load, engine, decoder, video)
             say(f"this device: {per_frame:.0f} ms per frame at batch 1 -> {streams} stream(s) of {fps:g} fps "
                 f"(about 60% load; --streams N to choose)")
+        assert streams is not None
         sources = await open_sources([str(video)] * streams, loop=True)
         pipeline = Pipeline(sources, engine, decoder,
                             PipelineConfig(batch_size=initial_batch, realtime=True), model=name,

@@ -46,7 +46,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     # blobFromImage resizes, subtracts the mean and goes HWC -> CHW in one C++ pass.
     blob = cv2.dnn.blobFromImage(image, 1.0, (INPUT_SIZE, INPUT_SIZE), _MEAN_SCALAR, swapRB=False, crop=False)[0]
     blob *= _INV_STD_CHW
-    return blob
+    return np.asarray(blob)
 
 
 def _cell_centres(stride: int) -> np.ndarray:

@@ -392,5 +392,5 @@ class Pipeline:
             fps_out=round(totals.frames_out / max(duration_s, 1e-6), 2),
             batch_size=self.batch_size,
             batches_by_size=totals.batch_sizes,
-            latency=dict(totals.latency),
+            latency={stage: stats for stage, stats in totals.latency.items()},
         )

@@ -25,6 +25,7 @@ class AgentSettings(BaseSettings):
     prefix: str = Field(default=DEFAULT_PREFIX, description="topic prefix")
     telemetry_interval_s: float = Field(default=1.0, gt=0, le=3600, description="seconds between telemetry")
     publish_detections: bool = Field(default=False, description="publish per-frame detections on MQTT")
+    connect_wait_s: float = Field(default=3.0, ge=0, description="how long inference waits for the broker at start")
 
     @field_validator("agent_id")
     @classmethod

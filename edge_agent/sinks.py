@@ -58,7 +58,7 @@ class AnnotatedVideoSink:
             if writer is None:
                 h, w = image.shape[:2]
                 path = str(self.directory / f"{f.stream_id}.avi")
-                writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), self.fps, (w, h))
+                writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), self.fps, (w, h))
                 self._writers[f.stream_id] = writer
             writer.write(image)
 

@@ -125,9 +125,10 @@ async def run(args: argparse.Namespace) -> int:
                 if not (args.name and args.version):
                     raise RegistryError("pull needs an id, or --name and --version")
                 found = await store.find(ArtifactQuery(name=args.name, version=args.version))
-                info = pick_artifact(found, args.batch_size, ArtifactTarget())
-                if info is None:
+                picked = pick_artifact(found, args.batch_size, ArtifactTarget())
+                if picked is None:
                     raise RegistryError(f"no artifact of {args.name} {args.version} serves batch {args.batch_size}")
+                info = picked
             with transfer_bar(f"pull {info.name}", info.size_bytes) as progress:
                 await fetch_verified(store, info, args.out, progress)
             console.print(f"pulled {info.id} to {args.out} (sha256 verified)")

@@ -168,7 +168,7 @@ class MqttBus:
             return False
         properties = None
         if expiry_s is not None:
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.MessageExpiryInterval = expiry_s
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, properties=properties,

@@ -18,7 +18,7 @@ from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import open_sources
 from mqtt_bus import BrokerSettings
-from schemas import AgentEvent, AgentStatus, DesiredState, Telemetry, Topics, decode, encode
+from schemas import AgentEvent, AgentStatus, DesiredState, FrameDetections, Telemetry, Topics, decode, encode
 from tests.conftest import VIDEO
 from tests.mqtt_helpers import eventually, observing
 
@@ -105,6 +105,22 @@ def test_last_will_marks_a_killed_agent_offline(broker, prefix, short_video) -> 
             assert decode(AgentStatus, late.messages[-1].payload).state == "offline"
 
     asyncio.run(scenario())
+
+
+async def test_detections_are_published_when_asked(broker, prefix, engine, decoder, short_video) -> None:
+    topics = Topics(prefix)
+    sources = await open_sources([str(short_video)])
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2, realtime=False, max_frames=10))
+    agent = Agent(pipeline, HostProbe(), AgentSettings(broker_url=broker.url, agent_id="cam1", prefix=prefix,
+                                                       publish_detections=True))
+    async with observing(broker.url, topics.detections("cam1")) as obs:
+        task = asyncio.create_task(agent.run())
+        await agent.bus.wait_connected(10)
+        await eventually(lambda: len(obs.messages) == 10, 30, "10 detection messages")
+        await task
+    frames = [decode(FrameDetections, m.payload) for m in obs.messages]
+    assert sorted(f.seq for f in frames) == list(range(10))
+    assert all(any(d.label == "person" for d in f.detections) for f in frames)
 
 
 async def test_stale_generations_are_ignored(broker, prefix, engine, decoder, short_video) -> None:

@@ -82,4 +82,4 @@ class OnnxRuntimeEngine:
         return None  # the CPU arena is part of the process RSS the host probe reports
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

@@ -25,7 +25,7 @@ def available() -> bool:
         pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return False
-    return count > 0
+    return bool(count > 0)
 
 
 class NvmlProbe:

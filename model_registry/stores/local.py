@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,6 +114,3 @@ class LocalDirectoryStore:
 
     async def close(self) -> None:
         return None
-
-    def wipe(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
