@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from cloud_controller.policies import Decision
 from schemas import AgentStatus, Telemetry
+
+
+MAX_DECISIONS = 200  # kept per agent for the fleet view; older ones are in the controller's log
 
 
 @dataclass
@@ -22,7 +26,7 @@ class AgentView:
     telemetry: Telemetry | None = None
     desired_generation: int = 0
     pending: PendingChange | None = None
-    decisions: list[tuple[float, int, Decision]] = field(default_factory=list)
+    decisions: deque[tuple[float, int, Decision]] = field(default_factory=lambda: deque(maxlen=MAX_DECISIONS))
 
     def next_generation(self) -> int:
         applied = self.status.applied_generation if self.status else 0

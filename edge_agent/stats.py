@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,24 +17,56 @@ Stage = Literal["pre", "queue", "infer", "post", "e2e", "batch"]
 STAGES: tuple[Stage, ...] = ("pre", "queue", "infer", "post", "e2e", "batch")
 
 
+RESERVOIR_SIZE = 20_000  # samples kept per stage: bounded memory however long an agent runs
+
+
+class Reservoir:
+    """Exact count, mean and max; percentiles from a uniform sample of at most ``size`` values
+    (Vitter's algorithm R), so a run of days costs the same memory as a run of minutes."""
+
+    def __init__(self, size: int = RESERVOIR_SIZE, seed: int = 0) -> None:
+        self.size = size
+        self.samples: list[float] = []
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.max = max(self.max, value)
+        if len(self.samples) < self.size:
+            self.samples.append(value)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self.size:
+                self.samples[slot] = value
+
+    def summary(self) -> LatencyStats:
+        if not self.count:
+            return LatencyStats(count=0, mean_ms=0, p50_ms=0, p95_ms=0, p99_ms=0, max_ms=0)
+        p50, p95, p99 = np.percentile(np.asarray(self.samples, dtype=np.float64), [50, 95, 99])
+        return LatencyStats(
+            count=self.count,
+            mean_ms=round(self.total / self.count, 3),
+            p50_ms=round(float(p50), 3),
+            p95_ms=round(float(p95), 3),
+            p99_ms=round(float(p99), 3),
+            max_ms=round(self.max, 3),
+        )
+
+
 def summarize(samples_ms: list[float]) -> LatencyStats:
-    if not samples_ms:
-        return LatencyStats(count=0, mean_ms=0, p50_ms=0, p95_ms=0, p99_ms=0, max_ms=0)
-    arr = np.asarray(samples_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return LatencyStats(
-        count=int(arr.size),
-        mean_ms=round(float(arr.mean()), 3),
-        p50_ms=round(float(p50), 3),
-        p95_ms=round(float(p95), 3),
-        p99_ms=round(float(p99), 3),
-        max_ms=round(float(arr.max()), 3),
-    )
+    reservoir = Reservoir(size=max(1, len(samples_ms)))
+    for value in samples_ms:
+        reservoir.add(value)
+    return reservoir.summary()
 
 
 @dataclass
 class _Samples:
-    by_stage: dict[Stage, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    by_stage: dict[Stage, Reservoir] = field(default_factory=lambda: {s: Reservoir() for s in STAGES})
     frames_in: int = 0
     frames_out: int = 0
     batches: int = 0
@@ -81,7 +114,7 @@ class PipelineStats:
         for target in (self._window, self._run):
             target.batches += 1
             target.batch_sizes[size] += 1
-            target.by_stage["batch"].append(batch.pre_ms + batch.infer_ms + batch.post_ms)
+            target.by_stage["batch"].add(batch.pre_ms + batch.infer_ms + batch.post_ms)
         for f in batch.frames:
             values: dict[Stage, float] = {
                 "pre": (f.t_pre_end - f.t_pre_start) * 1000.0,
@@ -95,7 +128,7 @@ class PipelineStats:
             for target in (self._window, self._run):
                 target.frames_out += 1
                 for stage, value in values.items():
-                    target.by_stage[stage].append(value)
+                    target.by_stage[stage].add(value)
 
     def _freeze(self, samples: _Samples, now: float) -> WindowStats:
         return WindowStats(
@@ -104,7 +137,7 @@ class PipelineStats:
             frames_out=samples.frames_out,
             batches=samples.batches,
             batch_sizes=dict(samples.batch_sizes),
-            latency={s: summarize(samples.by_stage[s]) for s in STAGES},
+            latency={s: samples.by_stage[s].summary() for s in STAGES},
         )
 
     def take_window(self) -> WindowStats:
