@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from cloud_controller.policies import Decision
 from schemas import AgentStatus, Telemetry
 
-
 MAX_DECISIONS = 200  # kept per agent for the fleet view; older ones are in the controller's log
 
 

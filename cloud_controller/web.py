@@ -70,7 +70,8 @@ def fleet_json(controller: Controller) -> dict[str, object]:
             "online": v.online,
             "serving": v.status.serving.model_dump() if v.status and v.status.serving else None,
             "telemetry": t.model_dump() if t else None,
-            "decisions": [{"ts": ts, "batch_size": size, "reason": d.reason} for ts, size, d in list(v.decisions)[-20:]],
+            "decisions": [{"ts": ts, "batch_size": size, "reason": d.reason}
+                          for ts, size, d in list(v.decisions)[-20:]],
         })
     return {"policy": controller.policy.name, "counters": vars(controller.counters), "agents": agents}
 
