@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host[:port] or mqtts://")
     p.add_argument("--ca-file", default=None, help="CA bundle for an mqtts:// broker")
     p.add_argument("--policy", default="kum2022", choices=sorted(POLICIES), help="batch-size policy")
+    p.add_argument("--ladder", default=None, help="batch sizes the policy may choose, e.g. 1,2,4,8,16")
+    p.add_argument("--memory-threshold", type=float, default=None, help="no growth above this memory ratio (0.8)")
+    p.add_argument("--slo-ms", type=float, default=None, help="end-to-end deadline for --policy deadline (1000)")
     p.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix")
     p.add_argument("--id", default=f"controller-{socket.gethostname()}", help="controller client id")
     p.add_argument("--share-group", default="edgebatch-controllers", help="replicas in one group split the fleet")
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), make_policy(args.policy),
+    controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), args.policy_object,
                             prefix=args.prefix, controller_id=args.id, share_group=args.share_group)
     controller.decision_listeners.append(
         lambda view, desired, decision: print(
@@ -75,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         BrokerSettings.from_url(args.broker)
+        try:
+            ladder = tuple(int(t) for t in args.ladder.split(",")) if args.ladder else None
+        except ValueError:
+            raise ValueError(f"--ladder {args.ladder!r} must be comma-separated integers") from None
+        args.policy_object = make_policy(args.policy, ladder, args.memory_threshold, args.slo_ms)
         if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
             raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:

@@ -139,7 +139,7 @@ class Telemetry(WireModel):
         description="per-stage delay in the window; 'batch' is pre+infer+post of one batch"
     )
     queue_depths: dict[str, int] = Field(description="frames waiting in each stage queue")
-    resources: ResourceSample
+    resources: ResourceSample = Field(description="GPU / host memory and utilisation from the probe")
 
 
 # --- desired state and events ---------------------------------------------------------------
@@ -170,7 +170,7 @@ EventKind = Literal[
 
 class AgentEvent(WireModel):
     agent_id: AgentId
-    kind: EventKind
+    kind: EventKind = Field(description="what happened")
     ts: float = Field(default_factory=now_s, description="unix time of the event")
     generation: int | None = Field(default=None, description="desired-state generation concerned")
     detail: str = Field(default="", max_length=4000, description="human-readable explanation")
@@ -191,7 +191,7 @@ class FrameDetections(WireModel):
     stream_id: str = Field(description="source stream")
     seq: int = Field(ge=0, description="frame number within the stream")
     t_capture: float = Field(description="unix time the frame was captured")
-    detections: list[Detection]
+    detections: list[Detection] = Field(description="objects found, best score first")
 
 
 # --- model announcements --------------------------------------------------------------------
@@ -206,29 +206,29 @@ class ArtifactTarget(WireModel):
 
 class ArtifactInfo(WireModel):
     id: str = Field(description="store id of the artifact")
-    name: str
-    version: str
+    name: str = Field(description="model name")
+    version: str = Field(description="model version")
     batch_sizes: list[BatchSize] = Field(min_length=1, description="batch sizes it serves")
-    format: Literal["onnx", "tensorrt"]
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    format: Literal["onnx", "tensorrt"] = Field(description="onnx (any device) or a TensorRT engine plan")
+    precision: Literal["fp32", "fp16", "int8"] = Field(default="fp32", description="numeric precision")
     dynamic_batch: bool = Field(default=False, description="serves any batch size up to max(batch_sizes)")
-    target: ArtifactTarget = Field(default_factory=ArtifactTarget)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(ge=0)
-    created: float = Field(default_factory=now_s)
+    target: ArtifactTarget = Field(default_factory=ArtifactTarget, description="where it runs")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the bytes, hex")
+    size_bytes: int = Field(ge=0, description="size of the file")
+    created: float = Field(default_factory=now_s, description="unix time it was stored")
 
 
 class ModelAnnouncement(WireModel):
-    name: str
-    latest_version: str
-    artifacts: list[ArtifactInfo]
+    name: str = Field(description="model name")
+    latest_version: str = Field(description="newest version in the registry")
+    artifacts: list[ArtifactInfo] = Field(description="the artifacts of that version")
 
 
 # --- run summary (edge-agent run --summary) -------------------------------------------------
 
 
 class RunSummary(WireModel):
-    mode: Literal["realtime", "offline"]
+    mode: Literal["realtime", "offline"] = Field(description="paced with drops, or back-pressured")
     streams: int = Field(ge=0, description="number of sources")
     duration_s: float = Field(ge=0, description="wall time of the run")
     frames_in: int = Field(ge=0, description="frames accepted from the sources")
@@ -253,18 +253,18 @@ class ProfileRow(WireModel):
     total_ms: float = Field(ge=0, description="pre + infer + post: the batch delay")
     realtime_limit_ms: float = Field(ge=0, description="real-time condition: batch_size x frame interval")
     margin_ms: float = Field(description="realtime_limit_ms - total_ms; negative = cannot keep up")
-    meets_realtime: bool
+    meets_realtime: bool = Field(description="total_ms < realtime_limit_ms")
     throughput_fps: float = Field(ge=0, description="batch_size / total")
     infer_fps: float = Field(ge=0, description="batch_size / infer: the engine alone")
     peak_memory_bytes: int = Field(ge=0, description="peak accelerator (or process) memory while serving")
-    memory_kind: Literal["gpu", "process_rss"]
+    memory_kind: Literal["gpu", "process_rss"] = Field(description="what peak_memory_bytes measures")
 
 
 class ProfileReport(WireModel):
     device: str = Field(description="what it ran on")
-    backend: str
-    model: str
-    source: str
+    backend: str = Field(description="inference backend measured")
+    model: str = Field(description="model file")
+    source: str = Field(description="video the frames came from")
     fps: float = Field(gt=0, description="input rate the real-time condition is computed for")
-    batches_per_size: int = Field(ge=1)
-    rows: list[ProfileRow]
+    batches_per_size: int = Field(ge=1, description="batches averaged per batch size")
+    rows: list[ProfileRow] = Field(description="one row per batch size")

@@ -53,3 +53,15 @@ def test_decode_round_trip_and_rejections() -> None:
     with pytest.raises(PayloadError) as e:
         decode(AgentStatus, b" " * (MAX_PAYLOAD_BYTES + 1))
     assert e.value.reason == "oversized"
+
+
+def test_every_wire_field_is_described() -> None:
+    import inspect
+
+    import schemas.messages as messages
+
+    for name, cls in inspect.getmembers(messages, inspect.isclass):
+        if issubclass(cls, messages.WireModel) and cls is not messages.WireModel:
+            undocumented = [f for f, info in cls.model_fields.items() if not info.description]
+            assert not undocumented, f"{name}: {undocumented} have no description"
+            assert cls.model_config.get("extra") == "forbid", name

@@ -11,11 +11,19 @@ from cloud_controller.policies.kum2022 import Kum2022Config, Kum2022Policy
 POLICIES: dict[str, Callable[[], BatchPolicy]] = {"kum2022": Kum2022Policy, "deadline": DeadlinePolicy}
 
 
-def make_policy(name: str) -> BatchPolicy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}") from None
+def make_policy(name: str, ladder: tuple[int, ...] | None = None, memory_threshold: float | None = None,
+                slo_ms: float | None = None) -> BatchPolicy:
+    """A policy by name; parameters left None keep the policy's defaults."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
+    given = {k: v for k, v in {"ladder": ladder, "memory_threshold": memory_threshold}.items() if v is not None}
+    if name == "kum2022":
+        if slo_ms is not None:
+            raise ValueError("kum2022 has no SLO (the paper's criterion is batch x frame interval); use --policy deadline")
+        return Kum2022Policy(Kum2022Config(**given))
+    if slo_ms is not None:
+        given["slo_ms"] = slo_ms
+    return DeadlinePolicy(DeadlineConfig(**given))
 
 
 __all__ = ["POLICIES", "BatchPolicy", "DeadlineConfig", "DeadlinePolicy", "Decision", "Kum2022Config",
