@@ -19,7 +19,8 @@ def make_policy(name: str, ladder: tuple[int, ...] | None = None, memory_thresho
     given = {k: v for k, v in {"ladder": ladder, "memory_threshold": memory_threshold}.items() if v is not None}
     if name == "kum2022":
         if slo_ms is not None:
-            raise ValueError("kum2022 has no SLO (the paper's criterion is batch x frame interval); use --policy deadline")
+            raise ValueError("kum2022 has no SLO (the paper's criterion is batch x frame interval); "
+                             "use --policy deadline")
         return Kum2022Policy(Kum2022Config(**given))
     if slo_ms is not None:
         given["slo_ms"] = slo_ms
