@@ -51,7 +51,7 @@ class PipelineConfig:
     max_frames: int | None = None
     ingress_capacity: int = 32  # frames; absorbs a swap or a GC pause before any drop
     ready_capacity: int = 8
-    batch_queue_capacity: int = 2
+    batch_queue_capacity: int = 1  # one batch ready ahead of inference is enough to overlap; more delays a switch
 
 
 @dataclass
