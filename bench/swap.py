@@ -9,6 +9,7 @@ and the steady-state gap, and the command-to-first-batch time. The paper's figur
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -30,6 +31,7 @@ from edge_agent.settings import AgentSettings
 from edge_agent.sources import open_sources
 from edge_agent.swap import ArtifactCache, EngineSwapper
 from model_registry.registry import Registry
+from model_registry.stores import open_store
 from model_registry.stores.local import LocalDirectoryStore
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription
 from mqtt_bus.local_broker import LocalBroker
@@ -59,18 +61,19 @@ class OutputTimes:
         return max(gaps) if gaps else 0.0
 
 
-async def main() -> dict[str, object]:
+async def main(store_location: str | None) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="edgebatch-swapbench-"))
-    store = LocalDirectoryStore(tmp / "registry")
-    await Registry(store).push(ROOT / "samples/models/nanodet-m-416-coco.onnx", "nanodet", "1", export_static=[2, 4])
+    store = open_store(store_location) if store_location else LocalDirectoryStore(tmp / "registry")
+    name = f"nanodet-bench-{int(time.time())}"  # a fresh name: a shared store may hold earlier runs
+    await Registry(store).push(ROOT / "samples/models/nanodet-m-416-coco.onnx", name, "1", export_static=[2, 4])
     swapper = EngineSwapper(store, ArtifactCache(tmp / "cache"))
-    info = await swapper.resolve("nanodet", "1", 2)
+    info = await swapper.resolve(name, "1", 2)
     probe = auto_probe()
     engine, _ = await swapper.load(info, 2, probe)
     outputs = OutputTimes()
     sources = await open_sources([str(ROOT / "samples/video/vtest.avi")] * STREAMS, loop=True)
     pipeline = Pipeline(sources, engine, NanoDetDecoder(load_labels(ROOT / "samples/models/coco.names")),
-                        PipelineConfig(batch_size=2, realtime=True), [outputs], model="nanodet", version="1",
+                        PipelineConfig(batch_size=2, realtime=True), [outputs], model=name, version="1",
                         artifact_sha256=info.sha256)
     interval_ms = 1000.0 / sources[0].info.fps  # type: ignore[union-attr]
     results = []
@@ -118,8 +121,10 @@ async def main() -> dict[str, object]:
         op_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await op_task
+    await store.close()
     return {
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores",
+        "store": store.location,
         "streams": STREAMS,
         "frame_interval_ms": interval_ms,
         "steady_state_longest_gap_ms": round(steady_gap * 1000, 1),
@@ -133,4 +138,7 @@ async def main() -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main()), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", default=None, help="registry to swap from: mongodb://... (GridFS) or a "
+                        "directory (default: a fresh local directory)")
+    print(json.dumps(asyncio.run(main(parser.parse_args().store)), indent=2))

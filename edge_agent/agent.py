@@ -153,7 +153,6 @@ class Agent:
         resources = await asyncio.to_thread(self.probe.sample)
         stats = self.pipeline.stats
         size = self.pipeline.batch_size
-        totals = stats.run_totals()
         self._telemetry_seq += 1
         return Telemetry(
             agent_id=self.agent_id,
@@ -165,8 +164,8 @@ class Agent:
             source_fps_total=round(self.pipeline.source_fps_total, 3),
             fps_in=round(window.fps_in, 2),
             fps_out=round(window.fps_out, 2),
-            frames_in=totals.frames_in,
-            frames_out=totals.frames_out,
+            frames_in=stats.frames_in,
+            frames_out=stats.frames_out,
             dropped=stats.dropped,
             corrupt=stats.corrupt,
             deadline_misses=stats.deadline_misses,

@@ -146,5 +146,14 @@ class PipelineStats:
         self._window = _Samples(started=now)
         return stats
 
+    @property
+    def frames_in(self) -> int:
+        return self._run.frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self._run.frames_out
+
     def run_totals(self) -> WindowStats:
+        """Whole-run figures with percentiles (costs a sort of the reservoirs: for summaries)."""
         return self._freeze(self._run, time.monotonic())

@@ -184,11 +184,11 @@ async def test_agent_survives_a_broker_restart(own_broker, prefix, engine, decod
             await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=1,
                                                                            batch_size=2)), retain=True)
             await eventually(lambda: agent.pipeline.batch_size == 2, 20, "gen 1")
-        frames_before = agent.pipeline.stats.run_totals().frames_out
+        frames_before = agent.pipeline.stats.frames_out
         own_broker.stop()
         await eventually(lambda: not agent.bus.connected.is_set(), 20, "agent notices the outage")
         await asyncio.sleep(2.0)
-        assert agent.pipeline.stats.run_totals().frames_out > frames_before, "inference went on without a broker"
+        assert agent.pipeline.stats.frames_out > frames_before, "inference went on without a broker"
         own_broker.start()
         await agent.bus.wait_connected(30)
         assert agent.counters.telemetry_unsent > 0

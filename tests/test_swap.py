@@ -140,8 +140,8 @@ async def test_failed_swaps_leave_the_old_engine_serving(broker, prefix, decoder
         swapper.store = store
 
         assert agent.pipeline.serving.engine is serving and agent.pipeline.batch_size == 2
-        out_before = agent.pipeline.stats.run_totals().frames_out
-        await eventually(lambda: agent.pipeline.stats.run_totals().frames_out > out_before + 5, 20, "still serving")
+        out_before = agent.pipeline.stats.frames_out
+        await eventually(lambda: agent.pipeline.stats.frames_out > out_before + 5, 20, "still serving")
         ok = await order(obs, topics, 6, batch_size=4)
         assert ok.kind == "swap_finished", "after the failures a good order still works"
         agent.pipeline.stop()
