@@ -15,6 +15,11 @@ class Decision:
     figures: dict[str, float] = field(default_factory=dict)
 
 
+def check_ladder(ladder: tuple[int, ...]) -> None:
+    if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1:
+        raise ValueError(f"ladder {ladder} must be increasing batch sizes >= 1")
+
+
 class BatchPolicy(Protocol):
     name: str
 

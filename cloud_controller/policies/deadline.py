@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud_controller.policies.base import Decision
+from cloud_controller.policies.base import Decision, check_ladder
 from schemas import Telemetry
 
 KEY = "deadline"
@@ -34,8 +34,7 @@ class DeadlineConfig:
     ewma: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.ladder or list(self.ladder) != sorted(set(self.ladder)) or self.ladder[0] < 1:
-            raise ValueError(f"ladder {self.ladder} must be increasing batch sizes >= 1")
+        check_ladder(self.ladder)
         if not 0 < self.headroom <= 1 or not 0 < self.memory_threshold <= 1 or self.slo_ms <= 0:
             raise ValueError("headroom and memory_threshold must be in (0, 1], slo_ms > 0")
 

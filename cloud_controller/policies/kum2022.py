@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cloud_controller.policies.base import Decision
+from cloud_controller.policies.base import Decision, check_ladder
 from schemas import Telemetry
 
 KEY = "kum2022"
@@ -25,8 +25,7 @@ class Kum2022Config:
     delay_statistic: Literal["mean_ms", "p50_ms", "p95_ms"] = "mean_ms"
 
     def __post_init__(self) -> None:
-        if not self.ladder or list(self.ladder) != sorted(set(self.ladder)) or self.ladder[0] < 1:
-            raise ValueError(f"ladder {self.ladder} must be increasing batch sizes >= 1")
+        check_ladder(self.ladder)
         if not 0 < self.memory_threshold <= 1:
             raise ValueError(f"memory threshold {self.memory_threshold} must be in (0, 1]")
 
