@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from cloud_controller.policies.base import BatchPolicy, Decision
 from cloud_controller.policies.deadline import DeadlineConfig, DeadlinePolicy
@@ -17,7 +18,7 @@ def make_policy(name: str, ladder: tuple[int, ...] | None = None, memory_thresho
     """A policy by name; parameters left None keep the policy's defaults."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    given: dict[str, object] = {"ladder": ladder, "memory_threshold": memory_threshold}
+    given: dict[str, Any] = {"ladder": ladder, "memory_threshold": memory_threshold}
     if name == "kum2022":
         if slo_ms is not None:
             raise ValueError("kum2022 has no SLO (the paper's criterion is batch x frame interval); "
