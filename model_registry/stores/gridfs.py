@@ -23,6 +23,12 @@ KEY = "gridfs"
 CHUNK_BYTES = 1 << 20
 
 
+def _problem(exc: PyMongoError) -> str:
+    """The part of a driver error a person needs (the topology dump is for debugging)."""
+    text = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    return text[:300]
+
+
 def _object_id(artifact_id: str) -> ObjectId:
     try:
         return ObjectId(artifact_id)
@@ -56,7 +62,7 @@ class GridFsStore:
             for field in ("name", "version", "format", "sha256"):
                 await files.create_index([(f"metadata.{field}", ASCENDING)], name=f"artifact_{field}")
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         self._indexed = True
 
     @staticmethod
@@ -92,7 +98,7 @@ class GridFsStore:
                 await stream.abort()
                 raise
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         return info.model_copy(update={"id": str(stream._id)})
 
     async def find(self, query: ArtifactQuery) -> list[ArtifactInfo]:
@@ -106,7 +112,7 @@ class GridFsStore:
         try:
             found = [self._info(doc) async for doc in self._bucket.find(flt)]
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         return [a for a in found if a is not None and query.matches(a)]
 
     async def get(self, artifact_id: str) -> ArtifactInfo:
@@ -117,7 +123,7 @@ class GridFsStore:
                 if info is not None:
                     return info
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         raise ArtifactNotFound(f"artifact {artifact_id} not in {self.location}")
 
     async def download(self, artifact_id: str) -> AsyncIterator[bytes]:
@@ -127,12 +133,12 @@ class GridFsStore:
         except NoFile:
             raise ArtifactNotFound(f"artifact {artifact_id} not in {self.location}") from None
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         try:
             while chunk := await stream.readchunk():
                 yield chunk
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
         finally:
             await stream.close()
 
@@ -142,7 +148,7 @@ class GridFsStore:
         except NoFile:
             raise ArtifactNotFound(f"artifact {artifact_id} not in {self.location}") from None
         except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB at {self.location}: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB at {self.location}: {_problem(exc)}") from exc
 
     async def close(self) -> None:
         await self._client.close()
