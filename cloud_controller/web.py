@@ -88,13 +88,15 @@ def fleet_page(controller: Controller) -> str:
         else:
             cells += ["", "", "", "", "", "", ""]
         cells.append(last)
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        css = "" if v.online else " class='offline'"
+        rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("agent", "state", "batch", "fps in", "fps out", "e2e p95 ms",
                                               "dropped", "missed", "memory", "last decision"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
         "<title>edgebatch fleet</title><style>body{font-family:sans-serif}td,th{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+        "border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}td:last-child{white-space:normal}"
+        ".offline{color:#999}</style></head><body>"
         f"<h1>edgebatch fleet</h1><p>policy <b>{html.escape(controller.policy.name)}</b>, "
         f"{controller.counters.telemetry} telemetry messages, {controller.counters.decisions} decisions, "
         f"updated {time.strftime('%H:%M:%S')}</p>"
