@@ -288,7 +288,8 @@ class Agent:
             telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
             # Give the broker a moment so the first figures and orders are not missed; never more.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bus.connected.wait(), self.settings.connect_wait_s)
+                async with asyncio.timeout(self.settings.connect_wait_s):
+                    await self.bus.connected.wait()
             summary = await self.pipeline.run()
             telemetry.cancel()
             for task in list(self._background):

@@ -211,7 +211,8 @@ class Pipeline:
                 delay = t0 + seq * interval - time.monotonic()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._stopping.wait()
                     if self._stopping.is_set():
                         break
             image = await loop.run_in_executor(None, source.read)
@@ -240,7 +241,9 @@ class Pipeline:
                     tg.create_task(self._read_source(s), name=f"source[{s.stream_id}]")
         finally:
             self.stats.corrupt = sum(s.corrupt for s in self.sources)
-            await self._ingress.put(END)
+        # Only on a normal end: when the pipeline is cancelled nobody drains the queue any more,
+        # and awaiting a put on a full one would hang the teardown.
+        await self._ingress.put(END)
 
     async def _preprocess(self) -> None:
         loop = asyncio.get_running_loop()
@@ -280,8 +283,11 @@ class Pipeline:
                         wait_s = latest_start - time.monotonic()
                         if wait_s <= 0:
                             break
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can turn a cancellation that
+                        # races its timeout into TimeoutError, and the batcher would then block forever.
                         try:
-                            item = await asyncio.wait_for(self._ready.get(), wait_s)
+                            async with asyncio.timeout(wait_s):
+                                item = await self._ready.get()
                         except TimeoutError:
                             break
                     else:
@@ -373,7 +379,7 @@ class Pipeline:
             for sink in self.sinks:
                 await sink.close()
             for s in self.sources:
-                s.close()
+                await asyncio.to_thread(s.close)  # waits out a read still running on its thread
             for pool in (self._pre_pool, self._infer_pool, self._post_pool):
                 pool.shutdown(wait=False)
         return self.summary(time.monotonic() - t0)

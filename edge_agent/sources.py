@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ class VideoSource:
         self.info: SourceInfo | None = None
         self.corrupt = 0
         self._position = 0
+        # read() runs on an executor thread that a cancelled pipeline cannot stop; close() must wait
+        # for it, since releasing a VideoCapture in the middle of a read crashes OpenCV.
+        self._lock = threading.Lock()
 
     def open(self) -> SourceInfo:
         uri = self.uri
@@ -79,7 +83,14 @@ class VideoSource:
         return self.info
 
     def read(self) -> np.ndarray | None:
-        """Next frame, or None at the end of the stream. Unreadable frames are skipped and counted."""
+        """Next frame, or None at the end of the stream (or once closed). Unreadable frames are
+        skipped and counted."""
+        with self._lock:
+            if self._cap is None:
+                return None
+            return self._read_locked()
+
+    def _read_locked(self) -> np.ndarray | None:
         assert self._cap is not None and self.info is not None, "open() first"
         if self._first is not None:
             frame, self._first = self._first, None
@@ -108,9 +119,10 @@ class VideoSource:
                 return None
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        with self._lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
 
 
 async def open_sources(uris: list[str], fps: float | None = None, loop: bool = False) -> list[VideoSource]:

@@ -181,7 +181,8 @@ class MqttBus:
         return True
 
     async def wait_connected(self, timeout_s: float) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self.connected.wait()
 
 
 async def publish_once(settings: BrokerSettings, client_id: str, topic: str, payload: bytes, qos: int = 1,

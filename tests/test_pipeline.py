@@ -132,6 +132,19 @@ async def test_stop_drains_what_was_accepted(engine, decoder, short_video) -> No
     assert summary.frames_out + summary.dropped == summary.frames_in
 
 
+async def test_cancelling_an_overloaded_pipeline_does_not_hang(engine, decoder, short_video) -> None:
+    sink = CollectingSink()
+    p = await make(engine, decoder, [short_video, short_video], sink, fps=300, batch_size=1, realtime=True,
+                   ingress_capacity=4)
+    task = asyncio.create_task(p.run())
+    while p.stats.dropped == 0:  # the ingress queue is full: the state that used to hang
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert sink.closed
+
+
 async def test_json_lines_sink_writes_one_valid_message_per_frame(engine, decoder, short_video, tmp_path) -> None:
     out = tmp_path / "d" / "detections.jsonl"
     sources = await open_sources([str(short_video)])
