@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -160,10 +159,3 @@ class Controller:
             lines.append(f"{v.agent_id}: {'online' if v.online else 'offline'}, {figures}")
         return lines
 
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(poll_s)

@@ -28,6 +28,22 @@ def mosquitto_binary() -> str:
     raise BrokerNotInstalled("mosquitto is not installed: run scripts/setup.sh (it installs it)")
 
 
+def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Return once ``process`` accepts TCP connections on host:port; RuntimeError if it exits or
+    does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"exited with status {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"did not listen on port {port} within {timeout_s} s") from None
+            time.sleep(0.05)
+
+
 class LocalBroker:
     """mosquitto listening on 127.0.0.1 only, with its own config and data folder; anonymous
     unless ``auth_lines`` (password_file / acl_file lines) say otherwise.
@@ -63,17 +79,12 @@ class LocalBroker:
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with status {self.process.returncode}") from None
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout_s} s")
+        try:
+            wait_listening(self.host, self.port, self.process, timeout_s)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"mosquitto {exc}") from None
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
-from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker, free_port
+from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -91,16 +89,11 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
                                  "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"MongoDB test server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    try:
+        wait_listening("127.0.0.1", port, proc, 60)
+    except RuntimeError as exc:
+        proc.kill()
+        pytest.fail(f"MongoDB test server {exc}: {log.read_text()[-2000:]}")
     yield f"mongodb://127.0.0.1:{port}"
     proc.terminate()
     try:
