@@ -30,20 +30,29 @@ def plan_builds(batch_sizes: list[int], profiles: bool) -> list[list[int]]:
 
 
 def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool, out: Path) -> Path:
+    """Build one engine serving ``sizes`` (one optimization profile per size) and write it to ``out``.
+
+    FP16 on TensorRT 10/11 is a strongly typed build of an FP16 copy of the model (11.x has no
+    other way); on 8.x it is the builder flag. Inputs and outputs stay float32 either way.
+    """
     import tensorrt as trt
 
+    from edge_agent.engines.trt_versions import fp16_route, network_flags
+    from model_registry.precision import convert_to_fp16
+
+    source = onnx_path
+    if fp16 and fp16_route(trt) == "fp16-onnx":
+        source = convert_to_fp16(onnx_path, out.with_suffix(".fp16.onnx"))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse(source.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RegistryError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+        raise RegistryError(f"{source}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-    if fp16:
-        if not builder.platform_has_fast_fp16:
-            raise RegistryError("--fp16 asked for, but this GPU has no fast FP16")
+    if fp16 and fp16_route(trt) == "builder-flag":
         config.set_flag(trt.BuilderFlag.FP16)
     for size in sizes:
         profile = builder.create_optimization_profile()
@@ -55,6 +64,8 @@ def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool,
         raise RegistryError(f"TensorRT failed to build {onnx_path} for batch sizes {sizes}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(bytes(plan))
+    if source != onnx_path:
+        source.unlink(missing_ok=True)
     return out
 
 

@@ -66,6 +66,56 @@ def test_without_tensorrt_the_backend_says_so_and_the_rest_works(tmp_path: Path)
     assert "cannot build TensorRT engines here" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_fp16_copy_keeps_float32_io_and_the_detections(tmp_path: Path, engine, decoder) -> None:
+    """The FP16 route of TensorRT 10/11 builds: checked on CPU through ONNX Runtime."""
+    import cv2
+    import onnx
+
+    from edge_agent.nanodet import preprocess
+    from model_registry.precision import convert_to_fp16
+    from tests.conftest import IMAGES
+
+    half_path = convert_to_fp16(MODEL, tmp_path / "half.onnx")
+    graph = onnx.load(str(half_path)).graph
+    assert {v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
+    weights = [w for w in graph.initializer if w.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > 0.9 * len(weights)
+    assert half_path.stat().st_size < 0.6 * MODEL.stat().st_size
+    half = load_engine(half_path)
+    for name in ("dog.jpg", "person.jpg", "coffee.png"):
+        image = cv2.imread(str(IMAGES / name))
+        batch = preprocess(image)[None]
+        full_found = decoder.decode_batch(engine.infer(batch), [image.shape[:2]])[0]
+        half_found = decoder.decode_batch(half.infer(batch), [image.shape[:2]])[0]
+        assert [d.label for d in half_found] == [d.label for d in full_found], name
+        for a, b in zip(full_found, half_found, strict=True):
+            assert np.allclose(a.box, b.box, atol=3.0) and abs(a.score - b.score) < 0.02, name
+
+
+def test_fp16_conversion_rejects_a_file_that_is_not_onnx(tmp_path: Path) -> None:
+    from model_registry.errors import RegistryError
+    from model_registry.precision import convert_to_fp16
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(RegistryError, match="not a readable ONNX model"):
+        convert_to_fp16(bad, tmp_path / "out.onnx")
+
+
+def test_version_shims_pick_what_the_engine_has() -> None:
+    from types import SimpleNamespace
+
+    from cuda.bindings import runtime
+
+    from edge_agent.engines.trt_versions import engine_device_memory, stream_handle
+
+    assert engine_device_memory(SimpleNamespace(device_memory_size=5)) == 5
+    assert engine_device_memory(SimpleNamespace(device_memory_size_v2=7, device_memory_size=5)) == 7
+    with pytest.raises(AttributeError):
+        engine_device_memory(SimpleNamespace())
+    assert stream_handle(runtime.cudaStream_t(0)) == 0
+
+
 @needs_gpu
 def test_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
     from model_registry.export import inspect_onnx
@@ -82,6 +132,25 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
         assert np.allclose(trt_out[key], value, atol=2e-2), key
     assert engine.memory_bytes() > 0
     engine.close()
+
+
+@needs_gpu
+def test_tensorrt_fp16_engine_keeps_the_detections(tmp_path: Path, engine, decoder) -> None:
+    import cv2
+
+    from edge_agent.nanodet import preprocess
+    from model_registry.export import inspect_onnx
+    from model_registry.trt_build import build_engine
+    from tests.conftest import IMAGES
+
+    plan = build_engine(MODEL, inspect_onnx(MODEL).input_name, [1], fp16=True, out=tmp_path / "b1-fp16.plan")
+    half = load_engine(plan, "tensorrt")
+    image = cv2.imread(str(IMAGES / "dog.jpg"))
+    batch = preprocess(image)[None]
+    full_found = decoder.decode_batch(engine.infer(batch), [image.shape[:2]])[0]
+    half_found = decoder.decode_batch(half.infer(batch), [image.shape[:2]])[0]
+    assert [d.label for d in half_found] == [d.label for d in full_found]
+    half.close()
 
 
 @needs_gpu

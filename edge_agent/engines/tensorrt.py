@@ -1,8 +1,10 @@
-"""TensorRT backend (TensorRT 10 Python API, buffers and streams through cuda-python).
+"""TensorRT backend (tensor-name API, ``execute_async_v3``; buffers and streams through cuda-python).
 
 Serves an engine built for one batch size, or one engine with an optimization profile per batch
 size: then a batch change only selects another execution context, no load at all. Runs on the
-pipeline's inference thread. Import-guarded: where TensorRT or CUDA is missing the backend says so.
+pipeline's inference thread. Works with TensorRT 8.6 (Xavier), 10.x (Orin, NGC images) and 11.x
+(``trt_versions`` holds the differences). Import-guarded: where TensorRT or CUDA is missing the
+backend says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.engines.base import check_io, check_model_path
+from edge_agent.engines.trt_versions import engine_device_memory, stream_handle
 from edge_agent.errors import BackendUnavailable, ModelError
 
 log = logging.getLogger(__name__)
@@ -110,16 +113,24 @@ class TensorRtEngine:
             raise ModelError(self.path, f"expected one input, found {len(inputs)}")
         self._input = inputs[0]
         self._outputs = [n for n in names if n != self._input]
+        dims = [int(d) for d in self._engine.get_tensor_shape(self._input)]
+        fixed_batch = dims[0] if dims[0] != -1 else None
         # One execution context per optimization profile; each profile serves a batch range.
+        # An engine built from a fixed-shape model has no profile to ask: it serves its own batch.
         self._contexts: list[tuple[int, int, Any]] = []
+        stream = stream_handle(self._stream)
         for index in range(self._engine.num_optimization_profiles):
-            lo, _, hi = self._engine.get_tensor_profile_shape(self._input, index)
+            if fixed_batch is None:
+                lo, _, hi = self._engine.get_tensor_profile_shape(self._input, index)
+                lo_batch, hi_batch = int(lo[0]), int(hi[0])
+            else:
+                lo_batch = hi_batch = fixed_batch
             context = self._engine.create_execution_context()
-            context.set_optimization_profile_async(index, self._stream)
-            self._contexts.append((int(lo[0]), int(hi[0]), context))
-        shape = list(self._engine.get_tensor_shape(self._input))
-        if shape[0] == -1:
-            shape[0] = "batch"
+            if context is None:
+                raise ModelError(self.path, "TensorRT could not create an execution context (GPU memory?)")
+            context.set_optimization_profile_async(index, stream)
+            self._contexts.append((lo_batch, hi_batch, context))
+        shape: list[object] = ["batch" if fixed_batch is None else fixed_batch, *dims[1:]]
         check_io(self.path, shape, self._outputs)
         self._batch_sizes = frozenset(
             size for lo, hi, _ in self._contexts for size in range(lo, hi + 1)) or None
@@ -129,8 +140,10 @@ class TensorRtEngine:
 
     def _allocate(self, name: str) -> _Binding:
         dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-        shape = list(self._engine.get_tensor_shape(name))
-        per_item = int(np.prod([d for d in shape[1:]])) * dtype.itemsize
+        shape = [int(d) for d in self._engine.get_tensor_shape(name)]
+        if any(d < 0 for d in shape[1:]):
+            raise ModelError(self.path, f"{name} has shape {shape}: only the batch axis may be dynamic")
+        per_item = int(np.prod(shape[1:])) * dtype.itemsize
         capacity = per_item * self._max_batch
         ptr = _check(cudart.cudaMalloc(capacity), f"cudaMalloc({capacity}) for {name}")
         is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
@@ -157,7 +170,7 @@ class TensorRtEngine:
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _check(cudart.cudaMemcpyAsync(self._bindings[self._input].device_ptr, host_in.ctypes.data, host_in.nbytes,
                                       h2d, self._stream), "copy to device")
-        if not context.execute_async_v3(self._stream):
+        if not context.execute_async_v3(stream_handle(self._stream)):
             raise RuntimeError(f"TensorRT execution failed for batch {size}")
         results: dict[str, np.ndarray] = {}
         for name in self._outputs:
@@ -171,7 +184,7 @@ class TensorRtEngine:
 
     def memory_bytes(self) -> int | None:
         buffers = sum(b.capacity_bytes for b in self._bindings.values())
-        return int(self._engine.device_memory_size) * len(self._contexts) + buffers
+        return engine_device_memory(self._engine) * len(self._contexts) + buffers
 
     def close(self) -> None:
         for b in getattr(self, "_bindings", {}).values():

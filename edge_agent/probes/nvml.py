@@ -48,7 +48,9 @@ class NvmlProbe:
         for p in procs:
             if p.pid == self._pid and p.usedGpuMemory is not None:
                 return int(p.usedGpuMemory)
-        return 0
+        # Not listed: no CUDA context yet, or NVML sees host PIDs from inside a container. Unknown,
+        # not zero; readers fall back to the device-wide figure.
+        return None
 
     def sample(self) -> ResourceSample:
         util = pynvml.nvmlDeviceGetUtilizationRates(self._handle)
