@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
-from edge_agent.engines import load_engine
+from edge_agent.engines import BACKENDS, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--fps", type=float, default=None, help="input rate for the real-time condition "
                       "(default: the video's)")
     prof.add_argument("--batches", type=positive_int, default=8, help="batches measured per size (default 8)")
-    prof.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    prof.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
+                      help="onnxruntime (CPU, or its CUDA/TensorRT providers), tensorrt (--model is a .plan "
+                      "serving every size asked), pytorch (the ONNX through onnx2torch, on CUDA if present)")
     prof.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
     return parser
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.engines import available_backends, load_engine
+from edge_agent.engines import pytorch as torch_backend
 from edge_agent.engines import tensorrt as trt_backend
 from edge_agent.errors import BackendUnavailable
 from model_registry.artifacts import pick_artifact
@@ -54,7 +55,7 @@ def test_builder_plans_and_records_the_target() -> None:
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU behaviour")
 def test_without_tensorrt_the_backend_says_so_and_the_rest_works(tmp_path: Path) -> None:
-    assert available_backends() == ["onnxruntime"]
+    assert "onnxruntime" in available_backends() and "tensorrt" not in available_backends()
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"not an engine")
     with pytest.raises(BackendUnavailable) as err:
@@ -114,6 +115,28 @@ def test_version_shims_pick_what_the_engine_has() -> None:
     with pytest.raises(AttributeError):
         engine_device_memory(SimpleNamespace())
     assert stream_handle(runtime.cudaStream_t(0)) == 0
+
+
+HAS_TORCH = torch_backend.available()
+
+
+@pytest.mark.skipif(HAS_TORCH, reason="checks the behaviour without PyTorch")
+def test_without_pytorch_the_backend_says_so() -> None:
+    with pytest.raises(BackendUnavailable, match="PyTorch is not installed|onnx2torch is not installed"):
+        load_engine(MODEL, "pytorch")
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs PyTorch + onnx2torch (not in CI: PyPI's torch is a 3 GB CUDA build)")
+def test_pytorch_backend_matches_onnxruntime(engine) -> None:
+    torch_engine = load_engine(MODEL, "pytorch")
+    assert torch_engine.batch_sizes is None
+    batch = np.random.default_rng(1).standard_normal((2, 3, 416, 416)).astype(np.float32)
+    expected = engine.infer(batch)
+    got = torch_engine.infer(batch)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].shape == value.shape and np.allclose(got[key], value, atol=2e-3), key
+    torch_engine.close()
 
 
 @needs_gpu

@@ -22,7 +22,13 @@ def _tensorrt(path: str | Path) -> InferenceEngine:
     return _trt.TensorRtEngine(path)
 
 
-BACKENDS: dict[str, EngineFactory] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+def _pytorch(path: str | Path) -> InferenceEngine:
+    from edge_agent.engines import pytorch as _torch  # import-guarded inside the module
+
+    return _torch.PyTorchEngine(path)
+
+
+BACKENDS: dict[str, EngineFactory] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "pytorch": _pytorch}
 FORMAT_BACKEND = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
 
 
@@ -43,6 +49,10 @@ def available_backends() -> list[str]:
             found.append("tensorrt")
     except ImportError:
         pass
+    from edge_agent.engines import pytorch as _torch
+
+    if _torch.available():
+        found.append("pytorch")
     return found
 
 
