@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from model_registry.errors import RegistryError
 from model_registry.export import inspect_onnx
@@ -37,12 +38,25 @@ def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool,
     """
     import tensorrt as trt
 
-    from edge_agent.engines.trt_versions import fp16_route, network_flags
+    from edge_agent.engines.trt_versions import fp16_route
     from model_registry.precision import convert_to_fp16
 
     source = onnx_path
     if fp16 and fp16_route(trt) == "fp16-onnx":
         source = convert_to_fp16(onnx_path, out.with_suffix(".fp16.onnx"))
+    try:
+        plan = _build_plan(trt, source, input_name, sizes, fp16 and fp16_route(trt) == "builder-flag")
+    finally:
+        if source != onnx_path:
+            source.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(plan)
+    return out
+
+
+def _build_plan(trt: Any, source: Path, input_name: str, sizes: list[int], fp16_flag: bool) -> bytes:
+    from edge_agent.engines.trt_versions import network_flags
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -52,7 +66,7 @@ def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool,
         raise RegistryError(f"{source}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-    if fp16 and fp16_route(trt) == "builder-flag":
+    if fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     for size in sizes:
         profile = builder.create_optimization_profile()
@@ -61,12 +75,8 @@ def build_engine(onnx_path: Path, input_name: str, sizes: list[int], fp16: bool,
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RegistryError(f"TensorRT failed to build {onnx_path} for batch sizes {sizes}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(plan))
-    if source != onnx_path:
-        source.unlink(missing_ok=True)
-    return out
+        raise RegistryError(f"TensorRT failed to build {source} for batch sizes {sizes}")
+    return bytes(plan)
 
 
 async def build_and_push(registry: Registry, args: argparse.Namespace) -> list[ArtifactInfo]:
