@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from edge_agent.engines import load_engine, run_padded
+from edge_agent.engines import BACKENDS, load_engine, run_padded
 from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.sources import VideoSource
@@ -84,8 +84,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=MODEL, help="ONNX model, or a TensorRT .plan serving the size")
+    parser.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
+                        help="pytorch or tensorrt to measure the GPU overlap the pipeline is for")
     args = parser.parse_args()
-    engine = load_engine(MODEL)
+    engine = load_engine(args.model, args.backend)
     decoder = NanoDetDecoder(load_labels(LABELS))
     sequential(engine, decoder, 2 * args.batch_size, args.batch_size)  # warm up
     # Interleaved rounds, so a noisy neighbour slows all three alike rather than one of them.
@@ -102,6 +105,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores, {platform.processor() or 'cpu'}",
         "backend": engine.backend,
+        "device": str(getattr(engine, "device", "")) or None,
         "batch_size": args.batch_size,
         "frames": args.frames,
         "rounds": args.rounds,

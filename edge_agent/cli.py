@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
-from edge_agent.engines import BACKENDS, load_engine
+from edge_agent.engines import BACKENDS, FORMAT_BACKEND, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_sources
+from schemas import ArtifactInfo
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="onnxruntime (CPU, or its CUDA/TensorRT providers), tensorrt (--model is a .plan "
                       "serving every size asked), pytorch (the ONNX through onnx2torch, on CUDA if present)")
     prof.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
+    prof.add_argument("--registry", default=None, help="measure, per batch size, the artifact this device would "
+                      "load from this registry (a directory or mongodb://...): per-size TensorRT engines, static "
+                      "ONNX, ... instead of --model")
+    prof.add_argument("--model-name", default=None, help="model in the registry")
+    prof.add_argument("--model-version", default="latest", help="version in the registry (default latest)")
+    prof.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"artifact cache (default {DEFAULT_CACHE})")
     return parser
 
 
@@ -196,16 +203,59 @@ async def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+async def registry_engines(args: argparse.Namespace) -> dict[int, tuple[Path, ArtifactInfo]]:
+    """Per batch size, the artifact this device would load from ``--registry``, fetched and verified."""
+    from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
+    from model_registry.errors import RegistryError
+    from model_registry.stores import open_store
+
+    if not args.model_name:
+        raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
+    cache = ArtifactCache(args.cache_dir)
+    swapper = EngineSwapper(open_store(args.registry), cache, local_device_target())
+    picked: dict[int, tuple[Path, ArtifactInfo]] = {}
+    try:
+        for size in args.batch_sizes:
+            info = await swapper.resolve(args.model_name, args.model_version, size)
+            path, _ = await cache.ensure(swapper.store, info)
+            picked[size] = (path, info)
+    except RegistryError as exc:
+        raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
+    return picked
+
+
 def profile_command(args: argparse.Namespace) -> int:
     from edge_agent.profiler import run_profile
 
     labels = load_labels_for(args.model, args.labels)
-    load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
+    engine_for = None
+    model_label, backend_label = str(args.model), args.backend
+    if args.registry:
+        picked = asyncio.run(registry_engines(args))
+
+        def backend_of(info: ArtifactInfo) -> str:
+            # ONNX artifacts run on --backend (onnxruntime or pytorch); engines on their own runtime.
+            return args.backend if info.format == "onnx" and args.backend != "tensorrt" else FORMAT_BACKEND[info.format]
+
+        def engine_for(size: int) -> tuple[InferenceEngine, str]:
+            path, info = picked[size]
+            backend = backend_of(info)
+            sizes = f"dynamic<={max(info.batch_sizes)}" if info.dynamic_batch else "b" + ",".join(
+                map(str, info.batch_sizes))
+            return load_engine(path, backend), f"{backend} {info.id[:12]} {sizes} {info.precision}"
+
+        first = next(iter(picked.values()))[1]
+        model_label = f"{first.name} {first.version} from {args.registry}"
+        backend_label = "+".join(sorted({backend_of(info) for _, info in picked.values()}))
+    else:
+        load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
     probe = auto_probe()
     report = run_profile(
         args.model, args.source, args.batch_sizes, NanoDetDecoder(labels), probe, fps=args.fps,
         batches=args.batches, backend=args.backend, progress=lambda m: print(m, file=sys.stderr),
+        engine_for=engine_for,
     )
+    report = report.model_copy(update={"model": model_label, "backend": backend_label})
     print_profile(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -73,12 +73,16 @@ def print_profile(report: ProfileReport, console: Console | None = None) -> None
     )
     cols = ("batch", "pre ms", "infer ms", "post ms", "total ms", "RT limit ms", "margin ms", "RT ok",
             "fps", "engine fps", "peak MiB")
+    per_row_engines = len({r.engine for r in report.rows}) > 1  # e.g. one registry artifact per size
     for col in cols:
         table.add_column(col, justify="right")
+    if per_row_engines:
+        table.add_column("engine", justify="left")
     for r in report.rows:
-        table.add_row(
+        cells = [
             str(r.batch_size), f"{r.pre_ms:.1f}", f"{r.infer_ms:.1f}", f"{r.post_ms:.1f}", f"{r.total_ms:.1f}",
             f"{r.realtime_limit_ms:.1f}", f"{r.margin_ms:+.1f}", "yes" if r.meets_realtime else "NO",
             f"{r.throughput_fps:.1f}", f"{r.infer_fps:.1f}", f"{r.peak_memory_bytes / 2**20:.0f}",
-        )
+        ]
+        table.add_row(*cells, *([r.engine or ""] if per_row_engines else []))
     console.print(table)

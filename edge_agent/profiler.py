@@ -92,7 +92,15 @@ def run_profile(
     batches: int = 8,
     backend: str = "onnxruntime",
     progress: Callable[[str], None] = lambda _msg: None,
+    engine_for: Callable[[int], tuple[InferenceEngine, str]] | None = None,
 ) -> ProfileReport:
+    """Measure each batch size on a fresh engine: ``model`` on ``backend``, or, with ``engine_for``,
+    whatever engine it returns for that size (with a description), e.g. a registry's artifacts."""
+
+    def file_engine(_size: int) -> tuple[InferenceEngine, str]:
+        return load_engine(model, backend), f"{backend} {Path(model).name}"
+
+    open_engine = engine_for or file_engine
     frames, file_fps = read_frames(source, max(64, min(256, max(batch_sizes) * 4)))
     rate = fps or file_fps
     process = psutil.Process()
@@ -108,7 +116,7 @@ def run_profile(
     for size in batch_sizes:
         progress(f"batch {size}: loading engine and running {batches} batches ...")
         with PeakMemorySampler(memory_now) as peak:
-            engine = load_engine(model, backend)
+            engine, described = open_engine(size)
             try:
                 pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches)
             finally:
@@ -129,6 +137,7 @@ def run_profile(
                 infer_fps=round(size * 1000.0 / infer, 2),
                 peak_memory_bytes=peak.peak,
                 memory_kind="gpu" if gpu else "process_rss",
+                engine=described,
             )
         )
     return ProfileReport(

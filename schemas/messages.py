@@ -258,6 +258,8 @@ class ProfileRow(WireModel):
     infer_fps: float = Field(ge=0, description="batch_size / infer: the engine alone")
     peak_memory_bytes: int = Field(ge=0, description="peak accelerator (or process) memory while serving")
     memory_kind: Literal["gpu", "process_rss"] = Field(description="what peak_memory_bytes measures")
+    engine: str | None = Field(default=None, description="what this row ran: backend and model file, or the "
+                               "registry artifact (format, id, precision) the device picked for this size")
 
 
 class ProfileReport(WireModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from model_registry.registry import Registry
+from model_registry.stores import open_store
 from schemas import ProfileReport, RunSummary
 from tests.conftest import MODEL, VIDEO
 
@@ -92,3 +95,24 @@ def test_profile_rejects_bad_batch_list() -> None:
     result = edge_agent("profile", "--batch-sizes", "1,x")
     assert result.returncode == 2
     assert "comma-separated" in result.stderr
+
+
+def test_profile_measures_the_artifact_the_device_picks_per_size(tmp_path: Path, short_video: Path) -> None:
+    """--registry: each batch size runs on the artifact an agent would load for it (static before dynamic)."""
+    pushed = asyncio.run(Registry(open_store(str(tmp_path / "reg"))).push(MODEL, "nanodet", "1", export_static=[1]))
+    static_b1 = next(a for a in pushed if not a.dynamic_batch)
+    dynamic = next(a for a in pushed if a.dynamic_batch)
+    out = tmp_path / "profile.json"
+    result = edge_agent("profile", "--registry", str(tmp_path / "reg"), "--model-name", "nanodet", "--source",
+                        str(short_video), "--batch-sizes", "1,2", "--batches", "1", "--cache-dir",
+                        str(tmp_path / "cache"), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = ProfileReport.model_validate_json(out.read_text())
+    engines = {r.batch_size: r.engine or "" for r in report.rows}
+    assert static_b1.id[:12] in engines[1] and " b1 " in engines[1]
+    assert dynamic.id[:12] in engines[2] and "dynamic" in engines[2]
+    assert report.model == f"nanodet 1 from {tmp_path / 'reg'}" and report.backend == "onnxruntime"
+    assert len(list((tmp_path / "cache").iterdir())) == 2, "both artifacts fetched into the cache"
+
+    missing = edge_agent("profile", "--registry", str(tmp_path / "reg"), "--model-name", "nope")
+    assert missing.returncode == 2 and "unknown model 'nope'" in missing.stderr and "Traceback" not in missing.stderr
