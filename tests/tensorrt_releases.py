@@ -24,6 +24,10 @@ PROBE = Path(__file__).with_name("tensorrt_api_probe.py")
 SYSTEM_SYMBOLS = {"dlopen", "dlsym", "dlclose", "dlerror"}
 
 
+class NoWheelHere(RuntimeError):
+    """PyPI has no bindings wheel of that release for this Python / platform."""
+
+
 @dataclass(frozen=True)
 class Release:
     version: str
@@ -55,6 +59,10 @@ def _fetch(release: Release, into: Path) -> Path:
         result = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                        "-d", str(wheels), f"{release.package}=={release.version}"])
         found = sorted(wheels.glob("*.whl"))
+        offline = any(sign in result.stderr for sign in ("NewConnectionError", "Failed to establish", "timed out"))
+        if not found and "No matching distribution" in result.stderr and not offline:
+            raise NoWheelHere(f"PyPI has no {release.package}=={release.version} wheel for Python "
+                              f"{sys.version_info.major}.{sys.version_info.minor} on this platform")
         if not found:
             raise RuntimeError(f"pip could not download {release.package}=={release.version}: {result.stderr[-800:]}")
     site = into / "site"
@@ -94,7 +102,7 @@ def _stub_libraries(release: Release, site: Path, into: Path) -> Path:
 
 def probe(release: Release, required: list[str]) -> dict[str, object]:
     """Load ``release``'s real bindings in a child process and ask the probe about ``required``."""
-    into = CACHE / release.version
+    into = CACHE / f"{release.version}-cp{sys.version_info.major}{sys.version_info.minor}"
     site = _fetch(release, into)
     stubs = _stub_libraries(release, site, into)
     env = dict(os.environ, LD_LIBRARY_PATH=str(stubs), PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))

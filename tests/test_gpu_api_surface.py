@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tensorrt_releases import RELEASES, ROOT, Release, probe
+from tests.tensorrt_releases import RELEASES, ROOT, NoWheelHere, Release, probe
 
 SOURCES = [ROOT / "edge_agent" / "engines" / "tensorrt.py", ROOT / "model_registry" / "trt_build.py"]
 
@@ -101,7 +101,10 @@ def test_the_scan_finds_the_calls_it_is_meant_to_check() -> None:
 @pytest.mark.parametrize("release", RELEASES, ids=[r.version for r in RELEASES])
 def test_every_tensorrt_call_exists_in(release: Release) -> None:
     required = sorted(USED - set(VERSION_GATED))
-    answer = probe(release, required)
+    try:
+        answer = probe(release, required)
+    except NoWheelHere as exc:
+        pytest.skip(str(exc))
     assert str(answer["version"]).startswith(release.version[:4]), answer["version"]
     assert answer["missing"] == [], f"TensorRT {release.version} ({release.where}) lacks {answer['missing']}"
     assert answer["device_memory_attrs"], f"{release.version}: no way to read an engine's device memory"
@@ -115,7 +118,10 @@ def test_every_tensorrt_call_exists_in(release: Release) -> None:
 
 def test_what_each_version_gets() -> None:
     """The decisions that differ, pinned to the versions that force them."""
-    by_version = {r.version: probe(r, []) for r in (RELEASES[0], RELEASES[-1])}
+    try:
+        by_version = {r.version: probe(r, []) for r in (RELEASES[0], RELEASES[-1])}
+    except NoWheelHere as exc:
+        pytest.skip(str(exc))
     xavier, latest = by_version["8.6.1"], by_version["11.4.0.106"]
     assert xavier["fp16_route"] == "builder-flag" and xavier["network_flags"] == xavier["explicit_batch_bit"]
     assert latest["fp16_route"] == "fp16-onnx" and not latest["has_builder_fp16"]
