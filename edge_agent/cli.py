@@ -10,9 +10,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
-from edge_agent.engines import BACKENDS, FORMAT_BACKEND, InferenceEngine, load_engine
+from edge_agent.engines import BACKENDS, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
@@ -20,6 +21,9 @@ from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_sources
 from schemas import ArtifactInfo
+
+if TYPE_CHECKING:
+    from edge_agent.swap import EngineSwapper
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
@@ -62,6 +66,10 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="video file, camera index or rtsp/http URL; repeat for several streams "
                    "(default: the sample video)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: sample NanoDet-m)")
+    p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
+                   help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
+                   "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
+                   "run on TensorRT")
     p.add_argument("--labels", type=Path, default=None, help="class names, one per line (default: coco.names)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="initial batch size (default 4)")
     mode = p.add_mutually_exclusive_group()
@@ -140,7 +148,8 @@ async def run_command(args: argparse.Namespace) -> int:
 
         if not args.model_name:
             raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
-        swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir), local_device_target())
+        swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir), local_device_target(),
+                                onnx_backend=onnx_backend(args.backend))
         try:
             info = await swapper.resolve(args.model_name, args.model_version, args.batch_size)
             engine, _ = await swapper.load(info, args.batch_size, probe)
@@ -148,7 +157,7 @@ async def run_command(args: argparse.Namespace) -> int:
             raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
         model_name, model_version, artifact_sha = info.name, info.version, info.sha256
     else:
-        engine = await asyncio.to_thread(load_engine, args.model)
+        engine = await asyncio.to_thread(load_engine, args.model, args.backend)
     sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
     sinks: list[FrameSink] = []
     if args.detections:
@@ -203,7 +212,12 @@ async def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def registry_engines(args: argparse.Namespace) -> dict[int, tuple[Path, ArtifactInfo]]:
+def onnx_backend(backend: str) -> str:
+    """The backend for ONNX artifacts when --backend is asked for: tensorrt runs engines, not ONNX."""
+    return "onnxruntime" if backend == "tensorrt" else backend
+
+
+async def registry_engines(args: argparse.Namespace) -> tuple[EngineSwapper, dict[int, tuple[Path, ArtifactInfo]]]:
     """Per batch size, the artifact this device would load from ``--registry``, fetched and verified."""
     from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
     from model_registry.errors import RegistryError
@@ -212,7 +226,8 @@ async def registry_engines(args: argparse.Namespace) -> dict[int, tuple[Path, Ar
     if not args.model_name:
         raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
     cache = ArtifactCache(args.cache_dir)
-    swapper = EngineSwapper(open_store(args.registry), cache, local_device_target())
+    swapper = EngineSwapper(open_store(args.registry), cache, local_device_target(),
+                            onnx_backend=onnx_backend(args.backend))
     picked: dict[int, tuple[Path, ArtifactInfo]] = {}
     try:
         for size in args.batch_sizes:
@@ -221,7 +236,7 @@ async def registry_engines(args: argparse.Namespace) -> dict[int, tuple[Path, Ar
             picked[size] = (path, info)
     except RegistryError as exc:
         raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
-    return picked
+    return swapper, picked
 
 
 def profile_command(args: argparse.Namespace) -> int:
@@ -231,22 +246,18 @@ def profile_command(args: argparse.Namespace) -> int:
     engine_for = None
     model_label, backend_label = str(args.model), args.backend
     if args.registry:
-        picked = asyncio.run(registry_engines(args))
-
-        def backend_of(info: ArtifactInfo) -> str:
-            # ONNX artifacts run on --backend (onnxruntime or pytorch); engines on their own runtime.
-            return args.backend if info.format == "onnx" and args.backend != "tensorrt" else FORMAT_BACKEND[info.format]
+        swapper, picked = asyncio.run(registry_engines(args))
 
         def engine_for(size: int) -> tuple[InferenceEngine, str]:
             path, info = picked[size]
-            backend = backend_of(info)
+            backend = swapper.backend_for(info)
             sizes = f"dynamic<={max(info.batch_sizes)}" if info.dynamic_batch else "b" + ",".join(
                 map(str, info.batch_sizes))
             return load_engine(path, backend), f"{backend} {info.id[:12]} {sizes} {info.precision}"
 
         first = next(iter(picked.values()))[1]
         model_label = f"{first.name} {first.version} from {args.registry}"
-        backend_label = "+".join(sorted({backend_of(info) for _, info in picked.values()}))
+        backend_label = "+".join(sorted({swapper.backend_for(info) for _, info in picked.values()}))
     else:
         load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
     probe = auto_probe()

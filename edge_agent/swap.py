@@ -98,11 +98,12 @@ class EngineSwapper:
     """The agent's SwapHandler when a registry is configured."""
 
     def __init__(self, store: ArtifactStore, cache: ArtifactCache, device: ArtifactTarget | None = None,
-                 guard: MemoryGuard | None = None) -> None:
+                 guard: MemoryGuard | None = None, onnx_backend: str = "onnxruntime") -> None:
         self.store = store
         self.cache = cache
         self.device = device or ArtifactTarget()
         self.guard = guard or MemoryGuard()
+        self.onnx_backend = onnx_backend  # what runs ONNX artifacts; engines run on their own runtime
         self._lock = asyncio.Lock()
         self.swaps = 0
         self.failures = 0
@@ -122,6 +123,9 @@ class EngineSwapper:
             raise SwapError(f"no artifact of {name} {version} serves batch {batch_size} on {self.device.platform}")
         return info
 
+    def backend_for(self, info: ArtifactInfo) -> str:
+        return self.onnx_backend if info.format == "onnx" else FORMAT_BACKEND[info.format]
+
     async def load(self, info: ArtifactInfo, batch_size: int, probe: ResourceProbe) -> tuple[InferenceEngine,
                                                                                                dict[str, float]]:
         """Check memory, fetch (cache), load and warm up; returns the engine and timings in ms."""
@@ -133,7 +137,7 @@ class EngineSwapper:
         timings["cache_hit"] = 1.0 if hit else 0.0
         t = time.monotonic()
         try:
-            engine = await asyncio.to_thread(load_engine, path, FORMAT_BACKEND[info.format])
+            engine = await asyncio.to_thread(load_engine, path, self.backend_for(info))
         except EdgeAgentError as exc:
             raise SwapError(f"load of {info.name} {info.version} ({info.id}) failed: {exc}") from exc
         timings["load"] = round((time.monotonic() - t) * 1000, 2)

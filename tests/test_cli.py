@@ -116,3 +116,15 @@ def test_profile_measures_the_artifact_the_device_picks_per_size(tmp_path: Path,
 
     missing = edge_agent("profile", "--registry", str(tmp_path / "reg"), "--model-name", "nope")
     assert missing.returncode == 2 and "unknown model 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(("backend", "expected"), [("pytorch", "PyTorch is not installed"),
+                                                   ("tensorrt", "TensorRT is not installed")])
+def test_a_backend_whose_runtime_is_missing_is_one_line_and_exit_2(backend: str, expected: str) -> None:
+    from edge_agent.engines import available_backends
+
+    if backend in available_backends():
+        pytest.skip(f"{backend} is installed here")
+    result = edge_agent("run", "--max-frames", "4", "--backend", backend)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
