@@ -177,6 +177,57 @@ def test_tensorrt_fp16_engine_keeps_the_detections(tmp_path: Path, engine, decod
 
 
 @needs_gpu
+async def test_tensorrt_engines_are_built_pushed_and_swapped_per_batch_size(tmp_path: Path, decoder,
+                                                                            short_video: Path) -> None:
+    """The issue's acceptance on a GPU: build per-size engines, store them, load the device's pick,
+    swap batch size (an engine swap) mid-stream with no frame lost, and see GPU memory in the probe."""
+    import asyncio
+    from argparse import Namespace
+
+    from edge_agent.pipeline import Pipeline, PipelineConfig
+    from edge_agent.probes import auto_probe
+    from edge_agent.sources import open_sources
+    from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
+    from model_registry.registry import Registry
+    from model_registry.stores.local import LocalDirectoryStore
+    from model_registry.trt_build import build_and_push
+
+    registry = Registry(LocalDirectoryStore(tmp_path / "registry"))
+    pushed = await build_and_push(registry, Namespace(onnx=MODEL, name="nanodet", version="1", batch_sizes=[2, 4],
+                                                      profiles=False, fp16=False, workdir=tmp_path / "engines"))
+    assert sorted(a.batch_sizes for a in pushed) == [[2], [4]] and {a.format for a in pushed} == {"tensorrt"}
+    swapper = EngineSwapper(registry.store, ArtifactCache(tmp_path / "cache"), local_device_target())
+    probe = auto_probe()
+    assert probe.name == "nvml"
+    engines = {}
+    for size in (2, 4):
+        info = await swapper.resolve("nanodet", "1", size)
+        assert info.format == "tensorrt" and info.batch_sizes == [size]
+        engines[size], _ = await swapper.load(info, size, probe)
+    sources = await open_sources([str(short_video), str(short_video)])
+    batches: list[int] = []
+    switched: list[asyncio.Future[float]] = []
+
+    class Sink:
+        async def write(self, frames) -> None:
+            batches.append(len(frames))
+            if len(batches) == 5 and not switched:
+                switched.append(pipeline.switch(batch_size=4, engine=engines[4]))
+
+        async def close(self) -> None:
+            pass
+
+    pipeline = Pipeline(sources, engines[2], decoder, PipelineConfig(batch_size=2, realtime=False), [Sink()])
+    summary = await pipeline.run()
+    assert summary.frames_in == summary.frames_out == 80 and summary.dropped == 0
+    assert switched and switched[0].done() and 4 in batches
+    assert engines[4].memory_bytes() > 0
+    sample = probe.sample()
+    assert sample.gpu_memory_used_bytes and sample.gpu_memory_used_bytes > engines[4].memory_bytes()
+    engines[4].close()
+
+
+@needs_gpu
 def test_nvml_probe_reports_gpu_memory() -> None:
     from edge_agent.probes.nvml import NvmlProbe
 
