@@ -57,6 +57,43 @@ def test_tegra_probe_on_a_recorded_orin_tree(tmp_path: Path) -> None:
     assert sample.memory_used_ratio == pytest.approx((31267512 - 28431916) / 31267512)
 
 
+def devfreq_node(root: Path, node: str, of_name: str | None, load: str) -> None:
+    """One /sys/class/devfreq entry as L4T lays it out (of_node/name is NUL-terminated)."""
+    device = root / "sys/class/devfreq" / node / "device"
+    device.mkdir(parents=True)
+    (device / "load").write_text(load)
+    if of_name is not None:
+        (device / "of_node").mkdir()
+        (device / "of_node" / "name").write_bytes(of_name.encode() + b"\x00")
+
+
+@pytest.mark.parametrize(
+    ("layout", "nodes", "expected_pct"),
+    [
+        # JetPack 6 (L4T r36) Orin: the node is 17000000.gpu and its device-tree name is plain "gpu";
+        # the memory controller's devfreq node sits beside it and must not be taken.
+        ("orin-jp6", [("17000000.gpu", "gpu", "377\n"), ("2c60000.external-memory-controller", "emc", "5\n")], 37.7),
+        ("orin-jp5", [("17000000.ga10b", "ga10b", "254\n")], 25.4),
+        ("xavier-jp5", [("17000000.gv11b", "gv11b", "613\n")], 61.3),
+        # of_node unreadable (as in some containers): the node name alone still finds the GPU.
+        ("orin-jp6-no-of-node", [("15340000.vic", None, "999\n"), ("17000000.gpu", None, "120\n")], 12.0),
+    ],
+)
+def test_tegra_probe_finds_the_gpu_load_on_each_l4t_layout(tmp_path: Path, layout: str, nodes, expected_pct) -> None:
+    for node, of_name, load in nodes:
+        devfreq_node(tmp_path, node, of_name, load)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/meminfo").write_text(MEMINFO)
+    assert TegraProbe(tmp_path).sample().gpu_util_pct == expected_pct, layout
+
+
+def test_tegra_probe_is_not_chosen_without_a_gpu_node(tmp_path: Path) -> None:
+    devfreq_node(tmp_path, "2c60000.external-memory-controller", "emc", "5\n")
+    from edge_agent.probes.tegra import available
+
+    assert not available(tmp_path)
+
+
 def test_host_probe_reads_real_figures() -> None:
     sample = HostProbe().sample()
     assert sample.host_memory_total_bytes > sample.host_memory_used_bytes > 0

@@ -14,13 +14,30 @@ import psutil
 from schemas import ResourceSample
 
 KEY = "tegra"
-# Xavier's GPU is gv11b, Orin's ga10b; the load file is in per mille.
-DEVFREQ_GLOBS = ("sys/class/devfreq/*gv11b*/device/load", "sys/class/devfreq/*ga10b*/device/load",
-                 "sys/devices/gpu.0/load", "sys/devices/platform/gpu.0/load")
+# The integrated GPU's devfreq node, as jetson-stats finds it: the device-tree name of the node's
+# device is gp10b (TX2), gv11b (Xavier), ga10b (Orin, JetPack 5) or plain gpu (Orin, JetPack 6, where
+# the node is 17000000.gpu). Its ``device/load`` is in per mille.
+GPU_NODE_NAMES = ("gp10b", "gv11b", "ga10b", "gpu")
+DEVFREQ_DIR = "sys/class/devfreq"
+# Older layouts, and a last resort when of_node is not readable (some containers).
+FALLBACK_GLOBS = ("sys/class/devfreq/*gv11b*/device/load", "sys/class/devfreq/*ga10b*/device/load",
+                  "sys/class/devfreq/*.gpu/device/load", "sys/devices/gpu.0/load",
+                  "sys/devices/platform/gpu.0/load")
 
 
 def find_load_file(root: str | Path = "/") -> Path | None:
-    for pattern in DEVFREQ_GLOBS:
+    devfreq = Path(root) / DEVFREQ_DIR
+    nodes = sorted(devfreq.iterdir()) if devfreq.is_dir() else []
+    for node in nodes:
+        name_file = node / "device" / "of_node" / "name"
+        load = node / "device" / "load"
+        try:
+            name = name_file.read_text().strip("\x00\n ")
+        except OSError:
+            continue
+        if name in GPU_NODE_NAMES and load.is_file():
+            return load
+    for pattern in FALLBACK_GLOBS:
         hits = sorted(glob.glob(os.path.join(str(root), pattern)))
         if hits:
             return Path(hits[0])
