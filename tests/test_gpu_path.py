@@ -134,8 +134,10 @@ def test_pytorch_backend_matches_onnxruntime(engine) -> None:
     expected = engine.infer(batch)
     got = torch_engine.infer(batch)
     assert set(got) == set(expected)
+    # On CUDA, convolutions may run in TF32 (PyTorch's default): compare more loosely there.
+    atol, rtol = (2e-3, 0.0) if str(getattr(torch_engine, "device", "cpu")) == "cpu" else (2e-2, 1e-2)
     for key, value in expected.items():
-        assert got[key].shape == value.shape and np.allclose(got[key], value, atol=2e-3), key
+        assert got[key].shape == value.shape and np.allclose(got[key], value, atol=atol, rtol=rtol), key
     torch_engine.close()
 
 
@@ -227,7 +229,13 @@ async def test_tensorrt_engines_are_built_pushed_and_swapped_per_batch_size(tmp_
     engines[4].close()
 
 
-@needs_gpu
+def _nvml_available() -> bool:
+    from edge_agent.probes import nvml
+
+    return nvml.available()
+
+
+@pytest.mark.skipif(not _nvml_available(), reason="needs an NVIDIA driver with NVML (CI has none)")
 def test_nvml_probe_reports_gpu_memory() -> None:
     from edge_agent.probes.nvml import NvmlProbe
 
