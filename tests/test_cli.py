@@ -124,7 +124,7 @@ def test_a_backend_whose_runtime_is_missing_is_one_line_and_exit_2(backend: str,
     from edge_agent.engines import available_backends
 
     if backend in available_backends():
-        pytest.skip(f"{backend} is installed here")
+        pytest.skip(f"{backend} is installed here: tests/test_gpu_path.py runs its real path instead")
     result = edge_agent("run", "--max-frames", "4", "--backend", backend)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr

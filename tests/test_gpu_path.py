@@ -18,6 +18,7 @@ from model_registry.artifacts import pick_artifact
 from model_registry.trt_build import plan_builds, target_from_facts
 from schemas import ArtifactInfo, ArtifactTarget
 from tests.conftest import MODEL
+from tests.test_nanodet import detect
 
 HAS_GPU = trt_backend.available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU with TensorRT + cuda-python (CI has none)")
@@ -53,7 +54,7 @@ def test_builder_plans_and_records_the_target() -> None:
     assert target_from_facts(facts) == ORIN
 
 
-@pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU behaviour")
+@pytest.mark.skipif(HAS_GPU, reason="TensorRT runs here: the TensorRT tests below cover the real path")
 def test_without_tensorrt_the_backend_says_so_and_the_rest_works(tmp_path: Path) -> None:
     assert "onnxruntime" in available_backends() and "tensorrt" not in available_backends()
     plan = tmp_path / "x.plan"
@@ -72,7 +73,6 @@ def test_fp16_copy_keeps_float32_io_and_the_detections(tmp_path: Path, engine, d
     import cv2
     import onnx
 
-    from edge_agent.nanodet import preprocess
     from model_registry.precision import convert_to_fp16
     from tests.conftest import IMAGES
 
@@ -85,9 +85,8 @@ def test_fp16_copy_keeps_float32_io_and_the_detections(tmp_path: Path, engine, d
     half = load_engine(half_path)
     for name in ("dog.jpg", "person.jpg", "coffee.png"):
         image = cv2.imread(str(IMAGES / name))
-        batch = preprocess(image)[None]
-        full_found = decoder.decode_batch(engine.infer(batch), [image.shape[:2]])[0]
-        half_found = decoder.decode_batch(half.infer(batch), [image.shape[:2]])[0]
+        full_found = detect(engine, decoder, [image])[0]
+        half_found = detect(half, decoder, [image])[0]
         assert [d.label for d in half_found] == [d.label for d in full_found], name
         for a, b in zip(full_found, half_found, strict=True):
             assert np.allclose(a.box, b.box, atol=3.0) and abs(a.score - b.score) < 0.02, name
@@ -120,7 +119,7 @@ def test_version_shims_pick_what_the_engine_has() -> None:
 HAS_TORCH = torch_backend.available()
 
 
-@pytest.mark.skipif(HAS_TORCH, reason="checks the behaviour without PyTorch")
+@pytest.mark.skipif(HAS_TORCH, reason="PyTorch is installed: test_pytorch_backend_matches_onnxruntime covers it")
 def test_without_pytorch_the_backend_says_so() -> None:
     with pytest.raises(BackendUnavailable, match="PyTorch is not installed|onnx2torch is not installed"):
         load_engine(MODEL, "pytorch")
@@ -163,7 +162,6 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
 def test_tensorrt_fp16_engine_keeps_the_detections(tmp_path: Path, engine, decoder) -> None:
     import cv2
 
-    from edge_agent.nanodet import preprocess
     from model_registry.export import inspect_onnx
     from model_registry.trt_build import build_engine
     from tests.conftest import IMAGES
@@ -171,9 +169,8 @@ def test_tensorrt_fp16_engine_keeps_the_detections(tmp_path: Path, engine, decod
     plan = build_engine(MODEL, inspect_onnx(MODEL).input_name, [1], fp16=True, out=tmp_path / "b1-fp16.plan")
     half = load_engine(plan, "tensorrt")
     image = cv2.imread(str(IMAGES / "dog.jpg"))
-    batch = preprocess(image)[None]
-    full_found = decoder.decode_batch(engine.infer(batch), [image.shape[:2]])[0]
-    half_found = decoder.decode_batch(half.infer(batch), [image.shape[:2]])[0]
+    full_found = detect(engine, decoder, [image])[0]
+    half_found = detect(half, decoder, [image])[0]
     assert [d.label for d in half_found] == [d.label for d in full_found]
     half.close()
 
@@ -193,6 +190,7 @@ async def test_tensorrt_engines_are_built_pushed_and_swapped_per_batch_size(tmp_
     from model_registry.registry import Registry
     from model_registry.stores.local import LocalDirectoryStore
     from model_registry.trt_build import build_and_push
+    from tests.test_pipeline import CollectingSink
 
     registry = Registry(LocalDirectoryStore(tmp_path / "registry"))
     pushed = await build_and_push(registry, Namespace(onnx=MODEL, name="nanodet", version="1", batch_sizes=[2, 4],
@@ -207,22 +205,18 @@ async def test_tensorrt_engines_are_built_pushed_and_swapped_per_batch_size(tmp_
         assert info.format == "tensorrt" and info.batch_sizes == [size]
         engines[size], _ = await swapper.load(info, size, probe)
     sources = await open_sources([str(short_video), str(short_video)])
-    batches: list[int] = []
+    sink = CollectingSink()
+    pipeline = Pipeline(sources, engines[2], decoder, PipelineConfig(batch_size=2, realtime=False), [sink])
     switched: list[asyncio.Future[float]] = []
 
-    class Sink:
-        async def write(self, frames) -> None:
-            batches.append(len(frames))
-            if len(batches) == 5 and not switched:
-                switched.append(pipeline.switch(batch_size=4, engine=engines[4]))
+    def on_batch(batch, serving) -> None:
+        if len(sink.batches) == 5 and not switched:
+            switched.append(pipeline.switch(batch_size=4, engine=engines[4]))
 
-        async def close(self) -> None:
-            pass
-
-    pipeline = Pipeline(sources, engines[2], decoder, PipelineConfig(batch_size=2, realtime=False), [Sink()])
+    pipeline.batch_listeners.append(on_batch)
     summary = await pipeline.run()
-    assert summary.frames_in == summary.frames_out == 80 and summary.dropped == 0
-    assert switched and switched[0].done() and 4 in batches
+    assert summary.frames_in == summary.frames_out == 80 and summary.dropped == 0 and sink.closed
+    assert switched and switched[0].done() and 4 in sink.batches
     assert engines[4].memory_bytes() > 0
     sample = probe.sample()
     assert sample.gpu_memory_used_bytes and sample.gpu_memory_used_bytes > engines[4].memory_bytes()
@@ -233,6 +227,19 @@ def _nvml_available() -> bool:
     from edge_agent.probes import nvml
 
     return nvml.available()
+
+
+@pytest.mark.skipif(_nvml_available(), reason="an NVIDIA driver is here: test_nvml_probe_reports_gpu_memory covers it")
+def test_without_a_driver_nvml_is_not_chosen_and_says_why() -> None:
+    """The real nvidia-ml-py (a test extra) against a machine with no libnvidia-ml."""
+    import pynvml
+
+    from edge_agent.probes import auto_probe
+    from edge_agent.probes.nvml import NvmlProbe
+
+    with pytest.raises(pynvml.NVMLError):
+        NvmlProbe()
+    assert auto_probe().name in ("host", "tegra")
 
 
 @pytest.mark.skipif(not _nvml_available(), reason="needs an NVIDIA driver with NVML (CI has none)")
