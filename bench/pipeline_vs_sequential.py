@@ -23,6 +23,7 @@ import psutil
 from edge_agent.engines import BACKENDS, load_engine, run_padded
 from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
 from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.profiler import time_stages
 from edge_agent.sources import VideoSource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +41,8 @@ def sequential(engine, decoder, frames: int, batch_size: int) -> dict[str, float
     while done < frames:
         t0 = time.perf_counter()
         images = [source.read() for _ in range(batch_size)]
-        t1 = time.perf_counter()
-        tensor = np.stack([preprocess(im) for im in images])
-        t2 = time.perf_counter()
-        outputs = run_padded(engine, tensor)
-        t3 = time.perf_counter()
-        decoder.decode_batch(outputs, [im.shape[:2] for im in images])
-        t4 = time.perf_counter()
-        for k, dt in zip(stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        decode = time.perf_counter() - t0
+        for k, dt in zip(stage, (decode, *time_stages(engine, decoder, images)), strict=True):
             stage[k] += dt
         done += batch_size
     elapsed = time.perf_counter() - t_start

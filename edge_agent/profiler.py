@@ -68,18 +68,24 @@ def profile_batch_size(
     post_t: list[float] = []
     for b in range(batches + 1):
         images = [frames[(b * batch_size + i) % len(frames)] for i in range(batch_size)]
-        t0 = time.perf_counter()
-        tensor = np.stack([preprocess(im) for im in images])
-        t1 = time.perf_counter()
-        outputs = run_padded(engine, tensor)
-        t2 = time.perf_counter()
-        decoder.decode_batch(outputs, [im.shape[:2] for im in images])
-        t3 = time.perf_counter()
+        pre, infer, post = time_stages(engine, decoder, images)
         if b > 0:  # the first batch warms caches and allocators up
-            pre_t.append(t1 - t0)
-            infer_t.append(t2 - t1)
-            post_t.append(t3 - t2)
+            pre_t.append(pre)
+            infer_t.append(infer)
+            post_t.append(post)
     return (float(np.mean(pre_t)) * 1000, float(np.mean(infer_t)) * 1000, float(np.mean(post_t)) * 1000)
+
+
+def time_stages(engine: InferenceEngine, decoder: NanoDetDecoder, images: list[np.ndarray]) -> tuple[float, float,
+                                                                                                     float]:
+    """Run one batch sequentially; seconds spent in (preprocess, inference, decode + NMS)."""
+    t0 = time.perf_counter()
+    tensor = np.stack([preprocess(im) for im in images])
+    t1 = time.perf_counter()
+    outputs = run_padded(engine, tensor)
+    t2 = time.perf_counter()
+    decoder.decode_batch(outputs, [im.shape[:2] for im in images])
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def run_profile(
