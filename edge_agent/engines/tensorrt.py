@@ -118,7 +118,7 @@ class TensorRtEngine:
         # One execution context per optimization profile; each profile serves a batch range.
         # An engine built from a fixed-shape model has no profile to ask: it serves its own batch.
         self._contexts: list[tuple[int, int, Any]] = []
-        stream = stream_handle(self._stream)
+        self._stream_handle = stream_handle(self._stream)
         for index in range(self._engine.num_optimization_profiles):
             if fixed_batch is None:
                 lo, _, hi = self._engine.get_tensor_profile_shape(self._input, index)
@@ -128,7 +128,7 @@ class TensorRtEngine:
             context = self._engine.create_execution_context()
             if context is None:
                 raise ModelError(self.path, "TensorRT could not create an execution context (GPU memory?)")
-            context.set_optimization_profile_async(index, stream)
+            context.set_optimization_profile_async(index, self._stream_handle)
             self._contexts.append((lo_batch, hi_batch, context))
         shape: list[object] = ["batch" if fixed_batch is None else fixed_batch, *dims[1:]]
         check_io(self.path, shape, self._outputs)
@@ -136,6 +136,9 @@ class TensorRtEngine:
             size for lo, hi, _ in self._contexts for size in range(lo, hi + 1)) or None
         self._max_batch = max(hi for _, hi, _ in self._contexts)
         self._bindings = {n: self._allocate(n) for n in names}
+        for _, _, context in self._contexts:  # buffers never move: bind them once, not per batch
+            for b in self._bindings.values():
+                context.set_tensor_address(b.name, b.device_ptr)
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
     def _allocate(self, name: str) -> _Binding:
@@ -164,13 +167,11 @@ class TensorRtEngine:
         context = self._context_for(size)
         host_in = np.ascontiguousarray(batch, dtype=self._bindings[self._input].dtype)
         context.set_input_shape(self._input, tuple(host_in.shape))
-        for b in self._bindings.values():
-            context.set_tensor_address(b.name, b.device_ptr)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _check(cudart.cudaMemcpyAsync(self._bindings[self._input].device_ptr, host_in.ctypes.data, host_in.nbytes,
                                       h2d, self._stream), "copy to device")
-        if not context.execute_async_v3(stream_handle(self._stream)):
+        if not context.execute_async_v3(self._stream_handle):
             raise RuntimeError(f"TensorRT execution failed for batch {size}")
         results: dict[str, np.ndarray] = {}
         for name in self._outputs:
