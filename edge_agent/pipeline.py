@@ -15,9 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from edge_agent.engines import InferenceEngine, padded_batch_size, run_padded
+from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SwapError
 from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
@@ -306,9 +304,9 @@ class Pipeline:
         batch = assembled.batch
         engine = assembled.serving.engine
         start = time.monotonic()
-        tensor = np.stack([f.tensor for f in batch.frames])  # type: ignore[misc]
-        batch.engine_batch_size = padded_batch_size(engine, len(batch.frames))
-        batch.outputs = run_padded(engine, tensor)
+        tensor = stack_padded(engine, [f.tensor for f in batch.frames])  # type: ignore[misc]
+        batch.engine_batch_size = tensor.shape[0]
+        batch.outputs = engine.infer(tensor)
         end = time.monotonic()
         batch.infer_ms = (end - start) * 1000.0
         for f in batch.frames:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.engines import onnxruntime as _ort
-from edge_agent.engines.base import InferenceEngine, padded_batch_size, run_padded
+from edge_agent.engines.base import InferenceEngine, padded_batch_size, run_padded, stack_padded
 from edge_agent.errors import BackendUnavailable
 
 EngineFactory = Callable[[str | Path], InferenceEngine]
@@ -56,4 +56,5 @@ def available_backends() -> list[str]:
     return found
 
 
-__all__ = ["BACKENDS", "InferenceEngine", "available_backends", "load_engine", "padded_batch_size", "run_padded"]
+__all__ = ["BACKENDS", "InferenceEngine", "available_backends", "load_engine", "padded_batch_size", "run_padded",
+           "stack_padded"]

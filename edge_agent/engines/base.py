@@ -45,13 +45,20 @@ def padded_batch_size(engine: InferenceEngine, frames: int) -> int:
     return fitting[0]
 
 
+def stack_padded(engine: InferenceEngine, tensors: list[np.ndarray]) -> np.ndarray:
+    """Stack per-frame tensors into the batch ``engine`` runs, zero rows padding a static size:
+    one copy, however the batch is padded."""
+    size = padded_batch_size(engine, len(tensors))
+    batch = np.zeros((size, *tensors[0].shape), dtype=tensors[0].dtype)
+    for i, t in enumerate(tensors):
+        batch[i] = t
+    return batch
+
+
 def run_padded(engine: InferenceEngine, batch: np.ndarray) -> dict[str, np.ndarray]:
     """Run ``batch`` on ``engine``, padding with zeros to a size a static engine serves."""
-    frames = batch.shape[0]
-    size = padded_batch_size(engine, frames)
-    if size != frames:
-        pad = np.zeros((size - frames, *batch.shape[1:]), dtype=batch.dtype)
-        batch = np.concatenate([batch, pad])
+    if padded_batch_size(engine, batch.shape[0]) != batch.shape[0]:
+        batch = stack_padded(engine, list(batch))
     return engine.infer(batch)
 
 
