@@ -11,7 +11,7 @@ import socket
 import sys
 
 from cloud_controller.controller import Controller
-from cloud_controller.policies import POLICIES, make_policy
+from cloud_controller.policies import DEFAULT_POLICY, POLICIES, make_policy
 from mqtt_bus import BrokerSettings
 
 log = logging.getLogger("cloud_controller")
@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-controller", description=__doc__)
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host[:port] or mqtts://")
     p.add_argument("--ca-file", default=None, help="CA bundle for an mqtts:// broker")
-    p.add_argument("--policy", default="kum2022", choices=sorted(POLICIES), help="batch-size policy")
+    p.add_argument("--policy", default=DEFAULT_POLICY, metavar="KEY",
+                   help="batch-size policy: " + "; ".join(f"{k}: {s.summary}" for k, s in POLICIES.items())
+                   + f" (default {DEFAULT_POLICY})")
     p.add_argument("--ladder", default=None, help="batch sizes the policy may choose, e.g. 1,2,4,8,16")
     p.add_argument("--memory-threshold", type=float, default=None, help="no growth above this memory ratio (0.8)")
-    p.add_argument("--slo-ms", type=float, default=None, help="end-to-end deadline for --policy deadline (1000)")
+    p.add_argument("--slo-ms", type=float, default=None, help="end-to-end deadline (ms) for --policy deadline (1000)")
     p.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix")
     p.add_argument("--id", default=f"controller-{socket.gethostname()}", help="controller client id")
     p.add_argument("--share-group", default="edgebatch-controllers", help="replicas in one group split the fleet")
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             ladder = tuple(int(t) for t in args.ladder.split(",")) if args.ladder else None
         except ValueError:
             raise ValueError(f"--ladder {args.ladder!r} must be comma-separated integers") from None
-        args.policy_object = make_policy(args.policy, ladder, args.memory_threshold, args.slo_ms)
+        args.policy_object = make_policy(args.policy, ladder=ladder, memory_threshold=args.memory_threshold,
+                                         slo_ms=args.slo_ms)
         if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
             raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:

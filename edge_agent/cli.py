@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--streams", type=positive_int, default=None,
                       help="concurrent streams (default: as many as load this device to about 60%%)")
     demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
-    demo.add_argument("--policy", default="kum2022", help="controller policy (default kum2022)")
+    demo.add_argument("--policy", default=None, help="controller policy (default: the controller's default, "
+                      "deadline); an unknown key lists the known ones")
     demo.add_argument("--registry", default=None, help="swap engines from this registry (default: a fresh local "
                       "one holding the sample model exported for batch 1, 2, 4, 8, 16)")
 
@@ -284,11 +285,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             return profile_command(args)
         if args.command == "demo":
+            from cloud_controller.policies import DEFAULT_POLICY, check_policy_name
             from edge_agent.demo import run_demo
 
+            try:  # before anything is started or written: a typo costs one line, not a traceback
+                policy = check_policy_name(args.policy or DEFAULT_POLICY)
+            except ValueError as exc:
+                raise EdgeAgentError(str(exc)) from None
             labels = args.labels or DEFAULT_LABELS
             load_engine(args.model).close()
-            return asyncio.run(run_demo(args.model, labels, args.source, args.streams, args.duration, args.policy,
+            return asyncio.run(run_demo(args.model, labels, args.source, args.streams, args.duration, policy,
                                         registry=args.registry))
     except EdgeAgentError as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)

@@ -177,6 +177,22 @@ class AgentEvent(WireModel):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="e.g. download, load, warmup")
 
 
+# --- controller state -----------------------------------------------------------------------
+
+
+class PolicyState(WireModel):
+    """What a policy learned about one agent, kept where a replica that takes the agent over can read it."""
+
+    agent_id: AgentId
+    policy: str = Field(max_length=64, description="policy key that learned it")
+    controller_id: str = Field(max_length=256, description="replica that wrote it")
+    ts: float = Field(default_factory=now_s, description="unix time it was written")
+    delay_ms_by_batch: dict[BatchSize, Annotated[float, Field(ge=0, le=3_600_000)]] = Field(
+        default_factory=dict, max_length=64, description="smoothed measured batch delay per batch size")
+    refused_batch_sizes: list[BatchSize] = Field(default_factory=list, max_length=64,
+                                                 description="sizes the agent refused to serve")
+
+
 # --- detections -----------------------------------------------------------------------------
 
 

@@ -87,8 +87,9 @@ def test_controller_command_line_validates_policy_parameters() -> None:
 
     for args, expected in [
         (["--ladder", "4,2"], "must be increasing"),
-        (["--memory-threshold", "1.5"], "memory threshold"),
-        (["--slo-ms", "500"], "kum2022 has no SLO"),
+        (["--policy", "kum2022", "--memory-threshold", "1.5"], "memory threshold"),
+        (["--policy", "kum2022", "--slo-ms", "500"], "policy kum2022 has no parameter slo_ms"),
+        (["--policy", "foo"], "unknown policy 'foo'; known: deadline, kum2022"),
         (["--ladder", "1,x"], "comma-separated integers"),
         (["--broker", "http://x"], "scheme must be"),
         (["--http", "nowhere"], "HOST:PORT"),

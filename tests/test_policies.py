@@ -92,3 +92,33 @@ def test_deadline_policy_under_overload_maximises_throughput_without_oscillating
         sizes.append(size)
     assert changes(sizes) <= 2, sizes
     assert sizes[-1] <= 2, "batching buys almost nothing here: no climb to 16"
+
+
+def test_policies_are_discovered_one_file_each_and_unknown_keys_are_one_line_errors() -> None:
+    from cloud_controller.policies import POLICIES, UnknownPolicyError, make_policy
+
+    assert {"kum2022", "deadline"} <= set(POLICIES)
+    for key, spec in POLICIES.items():
+        assert spec.key == key and spec.summary
+        assert make_policy(key).name == key
+    with pytest.raises(UnknownPolicyError, match="unknown policy 'foo'; known: deadline, kum2022"):
+        make_policy("foo")
+    with pytest.raises(ValueError, match="policy kum2022 has no parameter slo_ms"):
+        make_policy("kum2022", slo_ms=500)
+
+
+def test_deadline_policy_state_round_trips_through_the_wire_model() -> None:
+    from schemas import PolicyState, decode, encode
+
+    first = DeadlinePolicy()
+    for size, delay in ((1, 30.0), (2, 45.0)):
+        first.decide(telemetry(size, delay, fps=FPS))
+    first.refused("a1", 16, "no artifact")
+    state = first.export_state("a1")
+    assert state is not None and state.delay_ms_by_batch == {1: 30.0, 2: 45.0} and state.refused_batch_sizes == [16]
+    second = DeadlinePolicy()
+    second.import_state(decode(PolicyState, encode(state)))
+    resumed = second.export_state("a1")
+    assert resumed is not None and resumed.model_dump(exclude={"ts"}) == state.model_dump(exclude={"ts"})
+    second.forget("a1")
+    assert second.export_state("a1") is None

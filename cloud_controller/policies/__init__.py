@@ -1,32 +1,63 @@
-"""Batch-size policies, one module each, behind the BatchPolicy Protocol."""
+"""Batch-size policies, one module each, behind the BatchPolicy Protocol.
+
+Every module of this package that defines ``SPEC`` (a ``PolicySpec``) is a policy, registered under
+``SPEC.key``: adding a policy is adding one file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+import dataclasses
+import importlib
+import pkgutil
 from typing import Any
 
-from cloud_controller.policies.base import BatchPolicy, Decision
+from cloud_controller.policies.base import NO_LIMITS, AgentLimits, BatchPolicy, Decision, PolicySpec
 from cloud_controller.policies.deadline import DeadlineConfig, DeadlinePolicy
 from cloud_controller.policies.kum2022 import Kum2022Config, Kum2022Policy
 
-POLICIES: dict[str, Callable[[], BatchPolicy]] = {"kum2022": Kum2022Policy, "deadline": DeadlinePolicy}
+DEFAULT_POLICY = "deadline"
 
 
-def make_policy(name: str, ladder: tuple[int, ...] | None = None, memory_threshold: float | None = None,
-                slo_ms: float | None = None) -> BatchPolicy:
-    """A policy by name; parameters left None keep the policy's defaults."""
+def _discover() -> dict[str, PolicySpec]:
+    found: dict[str, PolicySpec] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        spec = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPEC", None)
+        if isinstance(spec, PolicySpec):
+            if spec.key in found:
+                raise RuntimeError(f"two policies register the key {spec.key!r}")
+            found[spec.key] = spec
+    return dict(sorted(found.items()))
+
+
+POLICIES: dict[str, PolicySpec] = _discover()
+
+
+class UnknownPolicyError(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+        self.name = name
+
+
+def check_policy_name(name: str) -> str:
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    given: dict[str, Any] = {"ladder": ladder, "memory_threshold": memory_threshold}
-    if name == "kum2022":
-        if slo_ms is not None:
-            raise ValueError("kum2022 has no SLO (the paper's criterion is batch x frame interval); "
-                             "use --policy deadline")
-        return Kum2022Policy(replace(Kum2022Config(), **{k: v for k, v in given.items() if v is not None}))
-    given["slo_ms"] = slo_ms
-    return DeadlinePolicy(replace(DeadlineConfig(), **{k: v for k, v in given.items() if v is not None}))
+        raise UnknownPolicyError(name)
+    return name
 
 
-__all__ = ["POLICIES", "BatchPolicy", "DeadlineConfig", "DeadlinePolicy", "Decision", "Kum2022Config",
-           "Kum2022Policy", "make_policy"]
+def make_policy(name: str, **parameters: Any) -> BatchPolicy:
+    """A policy by key; parameters given as None keep the policy's defaults. A parameter the policy
+    does not have is a ValueError naming it."""
+    spec = POLICIES[check_policy_name(name)]
+    given = {k: v for k, v in parameters.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(spec.config_type)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"policy {name} has no parameter {', '.join(unknown)} (it takes: {', '.join(sorted(known))})")
+    return spec.factory(spec.config_type(**given))
+
+
+__all__ = ["DEFAULT_POLICY", "NO_LIMITS", "POLICIES", "AgentLimits", "BatchPolicy", "DeadlineConfig",
+           "DeadlinePolicy", "Decision", "Kum2022Config", "Kum2022Policy", "PolicySpec", "UnknownPolicyError",
+           "check_policy_name", "make_policy"]

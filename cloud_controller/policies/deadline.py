@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud_controller.policies.base import Decision, check_ladder
-from schemas import Telemetry
+from cloud_controller.policies.base import NO_LIMITS, AgentLimits, Decision, PolicySpec, check_ladder
+from schemas import PolicyState, Telemetry
 
 KEY = "deadline"
 
@@ -43,6 +43,7 @@ class DeadlineConfig:
 class _AgentProfile:
     delay_ms: dict[int, float] = field(default_factory=dict)
     banned_until: dict[int, float] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)
     candidate: int | None = None
     candidate_windows: int = 0
 
@@ -54,6 +55,30 @@ class DeadlinePolicy:
         self.config = config or DeadlineConfig()
         self.clock = clock
         self.profiles: dict[str, _AgentProfile] = {}
+
+    # --- state a successor replica can resume from ---------------------------------------
+
+    def refused(self, agent_id: str, batch_size: int, reason: str) -> None:
+        self.profiles.setdefault(agent_id, _AgentProfile()).refused.add(batch_size)
+
+    def export_state(self, agent_id: str) -> PolicyState | None:
+        profile = self.profiles.get(agent_id)
+        if profile is None or not (profile.delay_ms or profile.refused):
+            return None
+        return PolicyState(agent_id=agent_id, policy=KEY, controller_id="",
+                           delay_ms_by_batch={s: round(d, 3) for s, d in profile.delay_ms.items()},
+                           refused_batch_sizes=sorted(profile.refused))
+
+    def import_state(self, state: PolicyState) -> None:
+        if state.policy != KEY:
+            return  # another policy's figures mean something else
+        profile = self.profiles.setdefault(state.agent_id, _AgentProfile())
+        for size, delay in state.delay_ms_by_batch.items():
+            profile.delay_ms.setdefault(size, delay)  # what this replica measured itself wins
+        profile.refused.update(state.refused_batch_sizes)
+
+    def forget(self, agent_id: str) -> None:
+        self.profiles.pop(agent_id, None)
 
     def predicted_delay(self, profile: _AgentProfile, size: int) -> float:
         known = profile.delay_ms
@@ -75,7 +100,7 @@ class DeadlinePolicy:
         ok = delay <= self.config.headroom * size * interval_ms and e2e <= self.config.slo_ms
         return ok, delay, e2e
 
-    def decide(self, telemetry: Telemetry) -> Decision | None:
+    def decide(self, telemetry: Telemetry, limits: AgentLimits = NO_LIMITS) -> Decision | None:
         cfg = self.config
         if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
             return None
@@ -93,6 +118,8 @@ class DeadlinePolicy:
         largest_known = max(profile.delay_ms)
         best = None
         for size in cfg.ladder:
+            if not limits.allows(size) or size in profile.refused:
+                continue
             if profile.banned_until.get(size, 0) > now:
                 continue
             if size > largest_known and size != min((s for s in cfg.ladder if s > largest_known), default=size):
@@ -144,3 +171,8 @@ class DeadlinePolicy:
             return None
         return Decision(best, f"overloaded at every size (input {1000.0 / interval:.1f} fps): batch {best} serves "
                         f"{fps(best):.1f} fps vs {fps(n):.1f} fps at batch {n}", figures)
+
+
+SPEC = PolicySpec(KEY, DeadlineConfig, DeadlinePolicy,
+                  "learns delay per batch size; largest size that keeps up and keeps the deadline, with "
+                  "hysteresis; searches upward under overload")

@@ -5,6 +5,11 @@ With batch size n on a ladder (default 1, 2, 4, 8, 16) and frame interval T:
   step up when the memory in use is under the threshold ratio, else hold;
 - if the criterion holds and n = N: hold;
 - if the criterion fails: step down (hold at the bottom).
+
+Its trap, measured on an H100 with 24 real-time streams: under overload batch 1 never meets
+``1 x T``, so the algorithm never grows to the batch size that would keep up (batch 32 would); it
+held batch 1 for 78 s and dropped 66 % of the frames. It is kept as the paper's reference, not the
+default. It learns nothing, so it has no state to hand over between controller replicas.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cloud_controller.policies.base import Decision, check_ladder
-from schemas import Telemetry
+from cloud_controller.policies.base import NO_LIMITS, AgentLimits, Decision, PolicySpec, check_ladder
+from schemas import PolicyState, Telemetry
 
 KEY = "kum2022"
 
@@ -42,7 +47,19 @@ class Kum2022Policy:
         below = [i for i, s in enumerate(ladder) if s <= batch_size]
         return below[-1] if below else 0
 
-    def decide(self, telemetry: Telemetry) -> Decision | None:
+    def refused(self, agent_id: str, batch_size: int, reason: str) -> None:
+        return None  # the paper's algorithm has no memory; the limits passed to decide() steer it
+
+    def export_state(self, agent_id: str) -> PolicyState | None:
+        return None
+
+    def import_state(self, state: PolicyState) -> None:
+        return None
+
+    def forget(self, agent_id: str) -> None:
+        return None
+
+    def decide(self, telemetry: Telemetry, limits: AgentLimits = NO_LIMITS) -> Decision | None:
         cfg = self.config
         n = telemetry.batch_size
         if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
@@ -61,6 +78,8 @@ class Kum2022Policy:
             if memory >= cfg.memory_threshold:
                 return None
             up = cfg.ladder[rung + 1]
+            if not limits.allows(up):
+                return None
             return Decision(up, f"delay {delay_ms:.1f} ms < {n} x {interval_ms:.1f} ms = {criterion_ms:.1f} ms and "
                             f"memory {memory:.0%} < {cfg.memory_threshold:.0%}: grow {n} -> {up}", figures)
         if rung == 0 and n <= cfg.ladder[0]:
@@ -68,3 +87,8 @@ class Kum2022Policy:
         down = cfg.ladder[rung - 1] if n == cfg.ladder[rung] else cfg.ladder[rung]
         return Decision(down, f"delay {delay_ms:.1f} ms >= {n} x {interval_ms:.1f} ms = {criterion_ms:.1f} ms: "
                         f"shrink {n} -> {down}", figures)
+
+
+SPEC = PolicySpec(KEY, Kum2022Config, Kum2022Policy,
+                  "the paper's Algorithm 1: one rung at a time on the real-time criterion (traps at batch 1 "
+                  "under overload)")
