@@ -1,21 +1,27 @@
-"""Deadline-aware policy with a learned profile, hysteresis and a cool-down.
+"""Deadline-aware policy: the smallest batch size that keeps up, learned per agent, with hysteresis.
 
-Where Kum2022 steps one rung at a time and oscillates around the real-time limit, this policy
-remembers the measured batch delay of every batch size it has run (per agent), predicts the ones it
-has not, and picks the largest batch size (best accelerator efficiency) that
-- keeps up with the input with a headroom: delay(m) <= headroom x m x frame interval, and
-- keeps the deadline: (m - 1) x frame interval (batch fill) + delay(m) <= SLO, and
-- fits in memory (when growing).
-It moves at most one rung up into the unknown, needs the better choice to hold for ``stable_windows``
-windows before moving, and after a size fails it does not return to it for ``ban_s`` seconds.
+Where Kum2022 steps one rung at a time and traps at batch 1 under overload, this policy remembers
+the measured batch delay of every batch size it has run on an agent, predicts the ones it has not,
+and aims for the **smallest** batch size (the least latency) whose predicted utilisation
+``delay(m) / (m x frame interval)`` stays under ``headroom`` and whose end-to-end time
+``(m - 1) x frame interval + delay(m)`` (batch fill + batch delay) stays within the SLO.
+
+- Overload (the current size does not keep up, utilisation > 1): it moves at once. If some size is
+  predicted to keep up it goes there; if none is, it searches upward for the size that serves the
+  most frames (one unmeasured rung at a time), so it never traps at batch 1.
+- Light load: it goes back down for latency, but only to a size predicted to run at or under
+  ``down_headroom`` (< ``headroom``): the gap between the two is the hysteresis band that keeps it
+  from oscillating at a cliff, and a move that is not forced must be wanted ``stable_windows`` windows
+  in a row.
+- It never grows past the memory threshold, never orders a size the agent cannot serve (limits) or
+  has refused, and explores at most one rung beyond what it has measured.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from cloud_controller.policies.base import NO_LIMITS, AgentLimits, Decision, PolicySpec, check_ladder
 from schemas import PolicyState, Telemetry
@@ -25,24 +31,28 @@ KEY = "deadline"
 
 @dataclass(frozen=True)
 class DeadlineConfig:
-    ladder: tuple[int, ...] = (1, 2, 4, 8, 16)
+    ladder: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     slo_ms: float = 1000.0
-    headroom: float = 0.85
+    headroom: float = 0.8  # go to a size predicted to use at most this share of each batch's time budget
+    down_headroom: float = 0.6  # ... but leave a working size for a smaller one only under this share
     memory_threshold: float = 0.8
     stable_windows: int = 2
-    ban_s: float = 60.0
     ewma: float = 0.5
+    min_gain: float = 1.1  # under overload, move only for this throughput gain
 
     def __post_init__(self) -> None:
         check_ladder(self.ladder)
-        if not 0 < self.headroom <= 1 or not 0 < self.memory_threshold <= 1 or self.slo_ms <= 0:
-            raise ValueError("headroom and memory_threshold must be in (0, 1], slo_ms > 0")
+        if not 0 < self.down_headroom <= self.headroom <= 1:
+            raise ValueError(f"need 0 < down_headroom ({self.down_headroom}) <= headroom ({self.headroom}) <= 1")
+        if not 0 < self.memory_threshold <= 1:
+            raise ValueError(f"memory threshold {self.memory_threshold} must be in (0, 1]")
+        if self.slo_ms <= 0 or self.stable_windows < 1 or not 0 < self.ewma <= 1 or self.min_gain < 1:
+            raise ValueError("slo_ms > 0, stable_windows >= 1, 0 < ewma <= 1 and min_gain >= 1 are required")
 
 
 @dataclass
 class _AgentProfile:
     delay_ms: dict[int, float] = field(default_factory=dict)
-    banned_until: dict[int, float] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
     candidate: int | None = None
     candidate_windows: int = 0
@@ -51,7 +61,8 @@ class _AgentProfile:
 class DeadlinePolicy:
     name = KEY
 
-    def __init__(self, config: DeadlineConfig | None = None, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: DeadlineConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or DeadlineConfig()
         self.clock = clock
         self.profiles: dict[str, _AgentProfile] = {}
@@ -80,99 +91,120 @@ class DeadlinePolicy:
     def forget(self, agent_id: str) -> None:
         self.profiles.pop(agent_id, None)
 
-    def predicted_delay(self, profile: _AgentProfile, size: int) -> float:
-        known = profile.delay_ms
+    # --- prediction ----------------------------------------------------------------------
+
+    @staticmethod
+    def predicted_delay(known: dict[int, float], size: int) -> float:
         if size in known:
             return known[size]
-        if len(known) >= 2:
-            # delay = fixed + per_item x n, fitted to what was measured (the batch amortises the fixed part)
-            sizes = np.array(sorted(known), dtype=float)
-            delays = np.array([known[int(s)] for s in sizes])
-            per_item, fixed = np.polyfit(sizes, delays, 1)
-            return float(max(0.0, fixed) + max(0.0, per_item) * size)
-        # One point: proportional, pessimistic on a GPU, about right on a CPU.
-        (only,) = known
-        return known[only] * size / only
+        sizes = sorted(known)
+        below = [s for s in sizes if s < size]
+        above = [s for s in sizes if s > size]
+        if below and above:  # between two measurements: linear
+            lo, hi = below[-1], above[0]
+            return known[lo] + (known[hi] - known[lo]) * (size - lo) / (hi - lo)
+        if below:  # above everything measured: extend the line through the two largest sizes
+            if len(below) >= 2:
+                a, b = below[-2], below[-1]
+                slope = max(0.0, (known[b] - known[a]) / (b - a))
+                return known[b] + slope * (size - b)
+            return known[below[-1]] * size / below[-1]  # one point: proportional (pessimistic on a GPU)
+        # Below everything measured: the same delay (pessimistic, as if it were all fixed cost), so a smaller
+        # size is tried only when even that fits; once run, it is measured.
+        return known[above[0]]
 
-    def feasible(self, profile: _AgentProfile, size: int, interval_ms: float) -> tuple[bool, float, float]:
-        delay = self.predicted_delay(profile, size)
-        e2e = (size - 1) * interval_ms + delay
-        ok = delay <= self.config.headroom * size * interval_ms and e2e <= self.config.slo_ms
-        return ok, delay, e2e
+    def utilisation(self, known: dict[int, float], size: int, interval_ms: float) -> float:
+        return self.predicted_delay(known, size) / (size * interval_ms)
+
+    def e2e_ms(self, known: dict[int, float], size: int, interval_ms: float) -> float:
+        return (size - 1) * interval_ms + self.predicted_delay(known, size)
+
+    # --- decision ------------------------------------------------------------------------
 
     def decide(self, telemetry: Telemetry, limits: AgentLimits = NO_LIMITS) -> Decision | None:
         cfg = self.config
-        if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
+        batch = telemetry.latency.get("batch")
+        if telemetry.source_fps_total <= 0 or batch is None or batch.count == 0:
             return None
         profile = self.profiles.setdefault(telemetry.agent_id, _AgentProfile())
+        known = profile.delay_ms
         n = telemetry.batch_size
-        measured = telemetry.latency["batch"].mean_ms
-        old = profile.delay_ms.get(n)
-        profile.delay_ms[n] = measured if old is None else old + cfg.ewma * (measured - old)
+        old = known.get(n)
+        known[n] = batch.mean_ms if old is None else old + cfg.ewma * (batch.mean_ms - old)
         interval = 1000.0 / telemetry.source_fps_total
-        now = self.clock()
         memory = telemetry.resources.memory_used_ratio
-        current_ok, delay_n, e2e_n = self.feasible(profile, n, interval)
-        if not current_ok:
-            profile.banned_until[n] = now + cfg.ban_s
-        largest_known = max(profile.delay_ms)
-        best = None
-        for size in cfg.ladder:
+        util_n, e2e_n = self.utilisation(known, n, interval), self.e2e_ms(known, n, interval)
+        figures = {"batch_size": n, "batch_delay_ms": round(known[n], 2), "utilisation": round(util_n, 3),
+                   "e2e_pred_ms": round(e2e_n, 2), "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
+        largest_known = max(known)
+        next_unknown = next((s for s in cfg.ladder if s > largest_known), None)
+
+        def allowed(size: int) -> bool:
             if not limits.allows(size) or size in profile.refused:
-                continue
-            if profile.banned_until.get(size, 0) > now:
-                continue
-            if size > largest_known and size != min((s for s in cfg.ladder if s > largest_known), default=size):
-                continue  # explore at most one rung beyond what has been measured
-            if size > n and memory >= cfg.memory_threshold:
-                continue
-            ok, _, _ = self.feasible(profile, size, interval)
-            if ok:
-                best = size
-        figures = {"batch_size": n, "batch_delay_ms": round(delay_n, 2), "e2e_pred_ms": round(e2e_n, 2),
-                   "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
-        if best is None:
-            return self._overloaded(profile, n, interval, memory, figures)
-        if best == n:
+                return False
+            if size > largest_known and size != next_unknown:
+                return False  # explore at most one rung beyond what has been measured
+            return not (size > n and memory >= cfg.memory_threshold)
+
+        def fits(size: int, share: float) -> bool:
+            return (self.utilisation(known, size, interval) <= share
+                    and self.e2e_ms(known, size, interval) <= cfg.slo_ms)
+
+        ladder = [s for s in cfg.ladder if allowed(s) or s == n]
+        forced = util_n > 1.0 or e2e_n > cfg.slo_ms
+        target: int | None = None
+        if forced or util_n > cfg.headroom:
+            # Not keeping up, or too close to it: the smallest size predicted to keep up with headroom ...
+            target = next((s for s in ladder if s != n and fits(s, cfg.headroom)), None)
+            if target is None and forced:  # ... or else the one predicted to keep up with the most margin
+                keeping_up = [s for s in ladder if s != n and fits(s, 1.0)]
+                target = min(keeping_up, key=lambda s: self.utilisation(known, s, interval), default=None)
+            if target is None and not forced:  # keeping up, barely: measure the next size up rather than guess
+                target = next((s for s in ladder if s > n and s not in known
+                               and self.e2e_ms(known, s, interval) <= cfg.slo_ms), None)
+            if target is None and forced:
+                return self._overloaded(profile, n, interval, memory, ladder, figures)
+        else:
+            # Keeping up: a smaller size is worth it only well inside its budget (the hysteresis band).
+            target = next((s for s in ladder if s < n and fits(s, cfg.down_headroom)), None)
+        if target is None or target == n:
             profile.candidate, profile.candidate_windows = None, 0
             return None
-        if current_ok:  # hysteresis: a move that is not forced must be wanted for a while
-            if profile.candidate != best:
-                profile.candidate, profile.candidate_windows = best, 0
+        if not forced:  # a move that is not forced must be wanted for a while
+            if profile.candidate != target:
+                profile.candidate, profile.candidate_windows = target, 0
             profile.candidate_windows += 1
             if profile.candidate_windows < cfg.stable_windows:
                 return None
         profile.candidate, profile.candidate_windows = None, 0
-        _, delay_b, e2e_b = self.feasible(profile, best, interval)
-        why = ("current size misses: " if not current_ok else "") + (
-            f"batch {n}: delay {delay_n:.0f} ms, e2e {e2e_n:.0f} ms -> batch {best}: predicted delay {delay_b:.0f} ms "
-            f"<= {cfg.headroom:.0%} x {best} x {interval:.1f} ms, e2e {e2e_b:.0f} ms <= SLO {cfg.slo_ms:.0f} ms")
-        return Decision(best, why, figures)
+        util_t, e2e_t = self.utilisation(known, target, interval), self.e2e_ms(known, target, interval)
+        verb = "shrink for latency" if target < n and not forced else ("misses: move" if forced else "grow")
+        why = (f"{verb}: batch {n} uses {util_n:.0%} of its time budget, e2e {e2e_n:.0f} ms -> batch {target}: "
+               f"predicted {util_t:.0%}, e2e {e2e_t:.0f} ms (SLO {cfg.slo_ms:.0f} ms, "
+               f"frame interval {interval:.1f} ms)")
+        return Decision(target, why, figures)
 
-    def _overloaded(self, profile: _AgentProfile, n: int, interval: float, memory: float,
+    def _overloaded(self, profile: _AgentProfile, n: int, interval: float, memory: float, ladder: list[int],
                     figures: dict[str, float]) -> Decision | None:
-        """No size keeps up: serve the most frames per second (fewest drops). Try the next rung up
-        once while its throughput is unknown; move only for a clear (> 10 %) gain."""
-        cfg = self.config
-        candidates = set(profile.delay_ms)
-        up = next((s for s in cfg.ladder if s > max(profile.delay_ms)), None)
-        if up is not None and memory < cfg.memory_threshold:
-            candidates.add(up)
+        """No size is predicted to keep up: serve the most frames per second (fewest drops). Measure the next
+        rung up while its throughput is unknown; move only for a clear gain."""
+        known = profile.delay_ms
 
         def fps(size: int) -> float:
-            return size * 1000.0 / max(1e-6, self.predicted_delay(profile, size))
+            return size * 1000.0 / max(1e-6, self.predicted_delay(known, size))
 
-        if len(profile.delay_ms) == 1 and up is not None and up in candidates:
-            # One measurement says nothing about how the batch amortises: measure a second size.
-            return Decision(up, f"overloaded at batch {n} (input {1000.0 / interval:.1f} fps, "
-                            f"{fps(n):.1f} fps served): measuring batch {up}", figures)
-        best = max(sorted(candidates), key=fps)
-        if best == n or fps(best) < 1.1 * fps(n):
+        up = next((s for s in ladder if s > n), None)
+        if up is not None and up not in known and memory < self.config.memory_threshold and len(known) == 1:
+            # One measurement says nothing about how the batch amortises: measure the next size up.
+            return Decision(up, f"overloaded at batch {n} (input {1000.0 / interval:.1f} fps, {fps(n):.1f} fps "
+                            f"served): measuring batch {up}", figures)
+        best = max(ladder, key=fps)
+        if best == n or fps(best) < self.config.min_gain * fps(n):
             return None
         return Decision(best, f"overloaded at every size (input {1000.0 / interval:.1f} fps): batch {best} serves "
                         f"{fps(best):.1f} fps vs {fps(n):.1f} fps at batch {n}", figures)
 
 
 SPEC = PolicySpec(KEY, DeadlineConfig, DeadlinePolicy,
-                  "learns delay per batch size; largest size that keeps up and keeps the deadline, with "
-                  "hysteresis; searches upward under overload")
+                  "smallest batch size that keeps up and keeps the deadline, learned per agent, with hysteresis; "
+                  "searches upward under overload (default)")
