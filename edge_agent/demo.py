@@ -62,7 +62,7 @@ def streams_for_load(engine: InferenceEngine, decoder: NanoDetDecoder, video: Pa
 
 
 async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, duration_s: float, policy: str,
-                   initial_batch: int = 1, registry: str | None = None, console: Console | None = None) -> int:
+                   initial_batch: int = 4, registry: str | None = None, console: Console | None = None) -> int:
     console = console or make_console()
     t0 = time.monotonic()
 

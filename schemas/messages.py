@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_INT = 2**53  # counters, sizes, generations: exact in every JSON reader, far beyond any real value
+MAX_FLOAT = 1e15  # rates, delays, timestamps: finite (NaN and infinity are refused everywhere)
 
 AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="agent identifier")]
 BatchSize = Annotated[int, Field(ge=1, le=1024, description="frames per inference batch")]
@@ -25,7 +27,7 @@ def now_s() -> float:
 class WireModel(BaseModel):
     """Base of all wire messages: strict about unknown fields, versioned."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = Field(default=1, description="wire schema version (SCHEMA_VERSION)")
 
@@ -68,7 +70,7 @@ class Capabilities(WireModel):
     gpu_sm: str | None = Field(default=None, description="GPU compute capability, e.g. 8.7")
     tensorrt_version: str | None = Field(default=None, description="TensorRT version, if installed")
     cuda_version: str | None = Field(default=None, description="CUDA driver version, if any")
-    memory_total_bytes: int = Field(ge=0, description="accelerator memory (host memory where none)")
+    memory_total_bytes: int = Field(ge=0, le=MAX_INT, description="accelerator memory (host memory where none)")
 
 
 class ServingState(WireModel):
@@ -84,30 +86,31 @@ class AgentStatus(WireModel):
     ts: float = Field(default_factory=now_s, description="unix time of this status")
     capabilities: Capabilities | None = Field(default=None, description="absent in the last will")
     serving: ServingState | None = Field(default=None, description="what the agent serves now")
-    applied_generation: int = Field(default=0, ge=0, description="last desired-state generation applied")
+    applied_generation: int = Field(default=0, ge=0, le=MAX_INT, description="last desired-state generation applied")
 
 
 # --- telemetry ------------------------------------------------------------------------------
 
 
 class LatencyStats(WireModel):
-    count: int = Field(ge=0, description="samples in the window")
-    mean_ms: float = Field(ge=0, description="mean")
-    p50_ms: float = Field(ge=0, description="median")
-    p95_ms: float = Field(ge=0, description="95th percentile")
-    p99_ms: float = Field(ge=0, description="99th percentile")
-    max_ms: float = Field(ge=0, description="maximum")
+    count: int = Field(ge=0, le=MAX_INT, description="samples in the window")
+    mean_ms: float = Field(ge=0, le=MAX_FLOAT, description="mean")
+    p50_ms: float = Field(ge=0, le=MAX_FLOAT, description="median")
+    p95_ms: float = Field(ge=0, le=MAX_FLOAT, description="95th percentile")
+    p99_ms: float = Field(ge=0, le=MAX_FLOAT, description="99th percentile")
+    max_ms: float = Field(ge=0, le=MAX_FLOAT, description="maximum")
 
 
 class ResourceSample(WireModel):
     probe: str = Field(description="probe that took the sample: nvml, tegra, host")
     gpu_util_pct: float | None = Field(default=None, ge=0, le=100, description="accelerator busy share")
-    gpu_memory_used_bytes: int | None = Field(default=None, ge=0, description="accelerator memory used")
-    gpu_memory_total_bytes: int | None = Field(default=None, ge=0, description="accelerator memory total")
-    process_gpu_memory_bytes: int | None = Field(default=None, ge=0, description="this process's GPU memory")
-    host_memory_used_bytes: int = Field(ge=0, description="host memory in use (total - available)")
-    host_memory_total_bytes: int = Field(ge=0, description="host memory total")
-    process_rss_bytes: int = Field(ge=0, description="resident memory of the agent process")
+    gpu_memory_used_bytes: int | None = Field(default=None, ge=0, le=MAX_INT, description="accelerator memory used")
+    gpu_memory_total_bytes: int | None = Field(default=None, ge=0, le=MAX_INT, description="accelerator memory total")
+    process_gpu_memory_bytes: int | None = Field(default=None, ge=0, le=MAX_INT,
+                                                 description="this process's GPU memory")
+    host_memory_used_bytes: int = Field(ge=0, le=MAX_INT, description="host memory in use (total - available)")
+    host_memory_total_bytes: int = Field(ge=0, le=MAX_INT, description="host memory total")
+    process_rss_bytes: int = Field(ge=0, le=MAX_INT, description="resident memory of the agent process")
     cpu_util_pct: float = Field(ge=0, le=100, description="host CPU busy share, all cores")
 
     @property
@@ -118,28 +121,40 @@ class ResourceSample(WireModel):
         return self.host_memory_used_bytes / max(1, self.host_memory_total_bytes)
 
 
+STAGES = ("pre", "queue", "infer", "post", "e2e", "batch")
+
+
 class Telemetry(WireModel):
     agent_id: AgentId
-    seq: int = Field(ge=0, description="telemetry sequence number, +1 per message")
+    seq: int = Field(ge=0, le=MAX_INT, description="telemetry sequence number, +1 per message")
     ts: float = Field(default_factory=now_s, description="unix time at the end of the window")
-    window_s: float = Field(gt=0, description="length of the stats window")
+    window_s: float = Field(gt=0, le=MAX_FLOAT, description="length of the stats window")
     batch_size: BatchSize
     batch_size_uniform: bool = Field(description="every batch in the window ran at batch_size")
-    applied_generation: int = Field(ge=0, description="last desired-state generation applied")
-    source_fps_total: float = Field(ge=0, description="nominal input rate of all streams together")
-    fps_in: float = Field(ge=0, description="frames accepted per second in the window")
-    fps_out: float = Field(ge=0, description="frames finished per second in the window")
-    frames_in: int = Field(ge=0, description="frames accepted since start")
-    frames_out: int = Field(ge=0, description="frames finished since start")
-    dropped: int = Field(ge=0, description="frames dropped on overload since start")
-    corrupt: int = Field(ge=0, description="unreadable frames skipped since start")
-    deadline_misses: int = Field(ge=0, description="frames finished after their deadline since start")
-    batches: int = Field(ge=0, description="batches in the window")
+    applied_generation: int = Field(ge=0, le=MAX_INT, description="last desired-state generation applied")
+    source_fps_total: float = Field(ge=0, le=MAX_FLOAT, description="nominal input rate of all streams together")
+    fps_in: float = Field(ge=0, le=MAX_FLOAT, description="frames accepted per second in the window")
+    fps_out: float = Field(ge=0, le=MAX_FLOAT, description="frames finished per second in the window")
+    frames_in: int = Field(ge=0, le=MAX_INT, description="frames accepted since start")
+    frames_out: int = Field(ge=0, le=MAX_INT, description="frames finished since start")
+    dropped: int = Field(ge=0, le=MAX_INT, description="frames dropped on overload since start")
+    corrupt: int = Field(ge=0, le=MAX_INT, description="unreadable frames skipped since start")
+    deadline_misses: int = Field(ge=0, le=MAX_INT, description="frames finished after their deadline since start")
+    batches: int = Field(ge=0, le=MAX_INT, description="batches in the window")
     latency: dict[Literal["pre", "queue", "infer", "post", "e2e", "batch"], LatencyStats] = Field(
         description="per-stage delay in the window; 'batch' is pre+infer+post of one batch"
     )
-    queue_depths: dict[str, int] = Field(description="frames waiting in each stage queue")
+    queue_depths: dict[str, Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(
+        max_length=32, description="frames waiting in each stage queue")
     resources: ResourceSample = Field(description="GPU / host memory and utilisation from the probe")
+
+    @field_validator("latency")
+    @classmethod
+    def _every_stage_is_reported(cls, latency: dict[str, LatencyStats]) -> dict[str, LatencyStats]:
+        missing = sorted(set(STAGES) - set(latency))
+        if missing:  # consumers (policies, fleet view, metrics) read every stage
+            raise ValueError(f"latency lacks stage(s) {', '.join(missing)}")
+        return latency
 
 
 # --- desired state and events ---------------------------------------------------------------
@@ -147,7 +162,7 @@ class Telemetry(WireModel):
 
 class DesiredState(WireModel):
     agent_id: AgentId
-    generation: int = Field(ge=1, description="monotonic; an agent ignores generations it has passed")
+    generation: int = Field(ge=1, le=MAX_INT, description="monotonic; an agent ignores generations it has passed")
     batch_size: BatchSize | None = Field(default=None, description="batch size to run, None = keep")
     model: str | None = Field(default=None, description="model name to serve, None = keep")
     version: str | None = Field(default=None, description="model version to serve, None = keep")
@@ -172,7 +187,7 @@ class AgentEvent(WireModel):
     agent_id: AgentId
     kind: EventKind = Field(description="what happened")
     ts: float = Field(default_factory=now_s, description="unix time of the event")
-    generation: int | None = Field(default=None, description="desired-state generation concerned")
+    generation: int | None = Field(default=None, ge=0, le=MAX_INT, description="desired-state generation concerned")
     detail: str = Field(default="", max_length=4000, description="human-readable explanation")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="e.g. download, load, warmup")
 
@@ -197,7 +212,7 @@ class PolicyState(WireModel):
 
 
 class Detection(WireModel):
-    class_id: int = Field(ge=0, description="COCO class index")
+    class_id: int = Field(ge=0, le=MAX_INT, description="COCO class index")
     label: str = Field(description="class name")
     score: float = Field(ge=0, le=1, description="confidence")
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in frame pixels")
@@ -205,7 +220,7 @@ class Detection(WireModel):
 
 class FrameDetections(WireModel):
     stream_id: str = Field(description="source stream")
-    seq: int = Field(ge=0, description="frame number within the stream")
+    seq: int = Field(ge=0, le=MAX_INT, description="frame number within the stream")
     t_capture: float = Field(description="unix time the frame was captured")
     detections: list[Detection] = Field(description="objects found, best score first")
 
@@ -230,7 +245,7 @@ class ArtifactInfo(WireModel):
     dynamic_batch: bool = Field(default=False, description="serves any batch size up to max(batch_sizes)")
     target: ArtifactTarget = Field(default_factory=ArtifactTarget, description="where it runs")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the bytes, hex")
-    size_bytes: int = Field(ge=0, description="size of the file")
+    size_bytes: int = Field(ge=0, le=MAX_INT, description="size of the file")
     created: float = Field(default_factory=now_s, description="unix time it was stored")
 
 
@@ -245,14 +260,14 @@ class ModelAnnouncement(WireModel):
 
 class RunSummary(WireModel):
     mode: Literal["realtime", "offline"] = Field(description="paced with drops, or back-pressured")
-    streams: int = Field(ge=0, description="number of sources")
-    duration_s: float = Field(ge=0, description="wall time of the run")
-    frames_in: int = Field(ge=0, description="frames accepted from the sources")
-    frames_out: int = Field(ge=0, description="frames fully processed")
-    dropped: int = Field(ge=0, description="frames dropped on overload (real-time mode only)")
-    corrupt: int = Field(ge=0, description="unreadable frames skipped")
-    deadline_misses: int = Field(ge=0, description="frames finished after their deadline")
-    fps_out: float = Field(ge=0, description="frames_out / duration_s")
+    streams: int = Field(ge=0, le=MAX_INT, description="number of sources")
+    duration_s: float = Field(ge=0, le=MAX_FLOAT, description="wall time of the run")
+    frames_in: int = Field(ge=0, le=MAX_INT, description="frames accepted from the sources")
+    frames_out: int = Field(ge=0, le=MAX_INT, description="frames fully processed")
+    dropped: int = Field(ge=0, le=MAX_INT, description="frames dropped on overload (real-time mode only)")
+    corrupt: int = Field(ge=0, le=MAX_INT, description="unreadable frames skipped")
+    deadline_misses: int = Field(ge=0, le=MAX_INT, description="frames finished after their deadline")
+    fps_out: float = Field(ge=0, le=MAX_FLOAT, description="frames_out / duration_s")
     batch_size: BatchSize = Field(description="batch size at the end of the run")
     batches_by_size: dict[int, int] = Field(description="batches run, by target batch size")
     latency: dict[str, LatencyStats] = Field(description="per-stage delay over the whole run")
@@ -263,16 +278,16 @@ class RunSummary(WireModel):
 
 class ProfileRow(WireModel):
     batch_size: BatchSize
-    pre_ms: float = Field(ge=0, description="pre-processing of the whole batch (sum over frames)")
-    infer_ms: float = Field(ge=0, description="inference of the batch")
-    post_ms: float = Field(ge=0, description="decoding + NMS of the batch")
-    total_ms: float = Field(ge=0, description="pre + infer + post: the batch delay")
-    realtime_limit_ms: float = Field(ge=0, description="real-time condition: batch_size x frame interval")
+    pre_ms: float = Field(ge=0, le=MAX_FLOAT, description="pre-processing of the whole batch (sum over frames)")
+    infer_ms: float = Field(ge=0, le=MAX_FLOAT, description="inference of the batch")
+    post_ms: float = Field(ge=0, le=MAX_FLOAT, description="decoding + NMS of the batch")
+    total_ms: float = Field(ge=0, le=MAX_FLOAT, description="pre + infer + post: the batch delay")
+    realtime_limit_ms: float = Field(ge=0, le=MAX_FLOAT, description="real-time condition: batch_size x frame interval")
     margin_ms: float = Field(description="realtime_limit_ms - total_ms; negative = cannot keep up")
     meets_realtime: bool = Field(description="total_ms < realtime_limit_ms")
-    throughput_fps: float = Field(ge=0, description="batch_size / total")
-    infer_fps: float = Field(ge=0, description="batch_size / infer: the engine alone")
-    peak_memory_bytes: int = Field(ge=0, description="peak accelerator (or process) memory while serving")
+    throughput_fps: float = Field(ge=0, le=MAX_FLOAT, description="batch_size / total")
+    infer_fps: float = Field(ge=0, le=MAX_FLOAT, description="batch_size / infer: the engine alone")
+    peak_memory_bytes: int = Field(ge=0, le=MAX_INT, description="peak accelerator (or process) memory while serving")
     memory_kind: Literal["gpu", "process_rss"] = Field(description="what peak_memory_bytes measures")
     engine: str | None = Field(default=None, description="what this row ran: backend and model file, or the "
                                "registry artifact (format, id, precision) the device picked for this size")
@@ -283,6 +298,6 @@ class ProfileReport(WireModel):
     backend: str = Field(description="inference backend measured")
     model: str = Field(description="model file")
     source: str = Field(description="video the frames came from")
-    fps: float = Field(gt=0, description="input rate the real-time condition is computed for")
-    batches_per_size: int = Field(ge=1, description="batches averaged per batch size")
+    fps: float = Field(gt=0, le=MAX_FLOAT, description="input rate the real-time condition is computed for")
+    batches_per_size: int = Field(ge=1, le=MAX_INT, description="batches averaged per batch size")
     rows: list[ProfileRow] = Field(description="one row per batch size")

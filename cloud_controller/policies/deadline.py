@@ -109,9 +109,9 @@ class DeadlinePolicy:
                 slope = max(0.0, (known[b] - known[a]) / (b - a))
                 return known[b] + slope * (size - b)
             return known[below[-1]] * size / below[-1]  # one point: proportional (pessimistic on a GPU)
-        # Below everything measured: the same delay (pessimistic, as if it were all fixed cost), so a smaller
-        # size is tried only when even that fits; once run, it is measured.
-        return known[above[0]]
+        # Below everything measured: proportional (optimistic on a GPU). Only the rung just below the smallest
+        # measured size is ever considered, and only when not forced: it is tried once, then measured.
+        return known[above[0]] * size / above[0]
 
     def utilisation(self, known: dict[int, float], size: int, interval_ms: float) -> float:
         return self.predicted_delay(known, size) / (size * interval_ms)
@@ -136,14 +136,15 @@ class DeadlinePolicy:
         util_n, e2e_n = self.utilisation(known, n, interval), self.e2e_ms(known, n, interval)
         figures = {"batch_size": n, "batch_delay_ms": round(known[n], 2), "utilisation": round(util_n, 3),
                    "e2e_pred_ms": round(e2e_n, 2), "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
-        largest_known = max(known)
-        next_unknown = next((s for s in cfg.ladder if s > largest_known), None)
+        largest_known, smallest_known = max(known), min(known)
+        next_up = next((s for s in cfg.ladder if s > largest_known), None)
+        next_down = next((s for s in reversed(cfg.ladder) if s < smallest_known), None)
 
         def allowed(size: int) -> bool:
             if not limits.allows(size) or size in profile.refused:
                 return False
-            if size > largest_known and size != next_unknown:
-                return False  # explore at most one rung beyond what has been measured
+            if (size > largest_known and size != next_up) or (size < smallest_known and size != next_down):
+                return False  # explore at most one rung beyond what has been measured, either way
             return not (size > n and memory >= cfg.memory_threshold)
 
         def fits(size: int, share: float) -> bool:
@@ -155,7 +156,9 @@ class DeadlinePolicy:
         target: int | None = None
         if forced or util_n > cfg.headroom:
             # Not keeping up, or too close to it: the smallest size predicted to keep up with headroom ...
-            target = next((s for s in ladder if s != n and fits(s, cfg.headroom)), None)
+            # (when forced, a size already measured first: no guessing while frames are being lost).
+            measured_first = sorted(ladder, key=lambda s: (forced and s not in known, s))
+            target = next((s for s in measured_first if s != n and fits(s, cfg.headroom)), None)
             if target is None and forced:  # ... or else the one predicted to keep up with the most margin
                 keeping_up = [s for s in ladder if s != n and fits(s, 1.0)]
                 target = min(keeping_up, key=lambda s: self.utilisation(known, s, interval), default=None)
