@@ -23,11 +23,14 @@ async def fetch_verified(store: ArtifactStore, info: ArtifactInfo, destination: 
                          progress: Progress | None = None) -> Path:
     """Stream an artifact to ``destination`` (atomically), checking its sha256 on the way."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.with_name(f".{destination.name}.{os.getpid()}.part")
+    # A temporary file of its own per fetch: concurrent fetches of one artifact (in one process or several)
+    # never write into each other's bytes; the last complete, verified one wins the atomic rename.
+    fd, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    part = Path(name)
     digest = hashlib.sha256()
     moved = 0
     try:
-        with open(part, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             async for chunk in store.download(info.id):
                 digest.update(chunk)
                 await asyncio.to_thread(f.write, chunk)

@@ -96,6 +96,17 @@ class StoreContract:
             await fetch_verified(store, forged, tmp_path / "forged.onnx")
         assert not (tmp_path / "forged.onnx").exists()
 
+    async def test_concurrent_fetches_of_one_artifact_all_succeed(self, store, tmp_path: Path) -> None:
+        import asyncio
+
+        path = blob(tmp_path, 3 << 20, seed=7)  # several chunks: fetches interleave
+        info = await store.put(path, info_for(path))
+        results = await asyncio.gather(*(fetch_verified(store, info, tmp_path / "cache" / "one.bin")
+                                         for _ in range(20)), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert sha256_file(tmp_path / "cache" / "one.bin") == info.sha256
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == ["one.bin"], "no temporary file left behind"
+
 
 class TestLocalDirectoryStore(StoreContract):
     @pytest.fixture
