@@ -8,6 +8,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -18,7 +19,8 @@ from model_registry.errors import RegistryError
 from model_registry.registry import Registry, fetch_verified
 from model_registry.stores import open_store
 from mqtt_bus import BrokerSettings, publish_once
-from schemas import ArtifactTarget, ModelAnnouncement, Topics, encode
+from schemas import ArtifactTarget, ModelAnnouncement, TopicError, Topics, encode
+from schemas.topics import check_segment
 
 PROGRESS_MIN_BYTES = 1 << 20
 
@@ -33,14 +35,43 @@ def batch_list(text: str) -> list[int]:
     return sizes
 
 
+def segment(what: str):  # type: ignore[no-untyped-def]
+    """A model name or version: it becomes part of an MQTT topic and a file name, so no '/', '+', '#'."""
+
+    def check(text: str) -> str:
+        try:
+            return check_segment(text, what)
+        except TopicError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} must be between 1 and 1024")
+    return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, not the usage block (which --help still prints)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="model-registry", description=__doc__)
+    p = OneLineErrorParser(prog="model-registry", description=__doc__)
     p.add_argument("--store", default="./registry", help="a directory (default ./registry) or mongodb://...")
     sub = p.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="store a model file")
     push.add_argument("file", type=Path)
-    push.add_argument("--name", required=True)
-    push.add_argument("--version", required=True)
+    push.add_argument("--name", required=True, type=segment("model name"))
+    push.add_argument("--version", required=True, type=segment("model version"))
     push.add_argument("--batch-sizes", type=batch_list, default=None, help="sizes it serves (engines)")
     push.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
     push.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
@@ -55,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("id", nargs="?", help="artifact id (or use --name/--version/--batch-size)")
     pull.add_argument("--name")
     pull.add_argument("--version")
-    pull.add_argument("--batch-size", type=int, default=1)
+    pull.add_argument("--batch-size", type=positive_int, default=1)
     pull.add_argument("--out", type=Path, required=True)
     rm = sub.add_parser("rm", help="delete an artifact")
     rm.add_argument("id")
     build = sub.add_parser("build", help="build TensorRT engines on this device and push them")
     build.add_argument("--onnx", type=Path, required=True)
-    build.add_argument("--name", required=True)
-    build.add_argument("--version", required=True)
+    build.add_argument("--name", required=True, type=segment("model name"))
+    build.add_argument("--version", required=True, type=segment("model version"))
     build.add_argument("--batch-sizes", type=batch_list, default=[1, 2, 4, 8, 16])
     build.add_argument("--fp16", action="store_true")
     build.add_argument("--profiles", action="store_true", help="one engine, an optimization profile per size")
