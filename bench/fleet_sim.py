@@ -71,6 +71,7 @@ import math
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -912,6 +913,17 @@ def print_report(result: dict[str, Any], cfg: FleetConfig) -> None:
                   f"{c['converge_max_s']['value']:.0f} s {'ok' if c['converge_max_s']['ok'] else 'NO'}")
 
 
+def code_location() -> str:
+    """Where the controller and policies under test were imported from, and that checkout's commit."""
+    root = Path(sys.modules[Controller.__module__].__file__ or ".").resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{root} (commit {commit or 'unknown'})"
+
+
 async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, speed: float,
                    barrier_timeout_s: float, tolerance: float) -> dict[str, Any]:
     t = time.perf_counter()
@@ -929,7 +941,7 @@ async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, 
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
-        "code": str(Path(sys.modules[Controller.__module__].__file__ or "?").parent.parent),
+        "code": code_location(),
         "policies_evaluated": list(policies),
         "config": {k: v for k, v in cfg.__dict__.items() if k not in ("profiles", "steps")}
         | {"steps": [s.__dict__ for s in cfg.steps], "profiles": [p.name for p in cfg.profiles]},
