@@ -10,7 +10,8 @@ What is simulated: the agents. Each is a single-server queue whose batch service
 measured device profile (``bench/profiles/*.json``; a profile without rows is skipped and said so):
 - arrivals: integer-fps streams with random phases (one 1 s pattern repeated: the telemetry window is
   1 s), about 10 fps each, as many as the load step asks for; load = input rate / the agent's best
-  throughput over the ladder (``max b / d(b)``), so "90 %" means the same on a CPU and on an H100;
+  throughput over the profile's batch sizes (``max b / d(b)``), so "90 %" means the same on a CPU
+  and on an H100;
 - one bounded ingress queue (``--queue``, 32 like ``PipelineConfig.ingress_capacity``), drop-oldest
   when full (real-time mode), every drop counted;
 - the batcher dispatches when ``b`` frames wait, or when the oldest frame's deadline minus the
@@ -43,8 +44,11 @@ connections carry the whole fleet's outgoing messages round-robin; the first one
 ``{prefix}/agents/+/desired`` and routes each order to its agent by the parsed topic. A multiplexed
 connection has no per-agent last will (an agent here never dies).
 
-Baseline: every ladder size is also simulated fixed, without a controller, on the same fleet and
-arrivals. Per profile, "best fixed" is the one size that serves the most frames within the deadline.
+Baseline: every batch size of a profile is also simulated fixed, without a controller, on the same
+fleet and arrivals (``--ladder`` restricts the sizes; a policy ordering a size the profile lacks gets
+a ``swap_failed`` event, as an agent without that engine would send). Per profile, "best fixed" is
+the one size that serves the most frames within the deadline; for the whole fleet, every profile at
+its own best fixed size.
 
 Convergence after a load step: per agent, the time from the step to the start of the first window
 from which, until the next step, its batch size no longer changes and every window either keeps up
@@ -144,23 +148,26 @@ class DeviceProfile:
     def throughput_fps(self, size: int) -> float:
         return size * 1000.0 / self.costs[size].delay_ms
 
-    def capacity_fps(self, ladder: Sequence[int]) -> float:
-        """Most frames per second any ladder size serves (the denominator of 'load')."""
-        return max(self.throughput_fps(s) for s in ladder)
+    def sizes(self, ladder: Sequence[int] | None = None) -> tuple[int, ...]:
+        return tuple(s for s in sorted(self.costs) if ladder is None or s in ladder)
+
+    def capacity_fps(self, ladder: Sequence[int] | None = None) -> float:
+        """Most frames per second any of its batch sizes serves (the denominator of 'load')."""
+        return max(self.throughput_fps(s) for s in self.sizes(ladder))
 
 
 class ProfileSkipped(ValueError):
     pass
 
 
-def load_profile(path: Path, ladder: Sequence[int]) -> DeviceProfile:
+def load_profile(path: Path, ladder: Sequence[int] | None = None) -> DeviceProfile:
     data = json.loads(path.read_text())
     rows = data.get("rows") or []
     if not rows:
         raise ProfileSkipped(f"{path.name}: no figures ({data.get('source', 'no source')[:120]}...)")
     costs = {int(r["batch_size"]): BatchCost(float(r["pre_ms"]), float(r["infer_ms"]), float(r["post_ms"]),
                                              float(r["batch_delay_ms"]), r.get("memory_bytes")) for r in rows}
-    missing = [s for s in ladder if s not in costs]
+    missing = [s for s in ladder or () if s not in costs]
     if missing:
         raise ProfileSkipped(f"{path.name}: no figures for batch sizes {missing} of the ladder")
     return DeviceProfile(
@@ -170,7 +177,7 @@ def load_profile(path: Path, ladder: Sequence[int]) -> DeviceProfile:
         memory_base_bytes=int(data.get("memory_base_bytes") or 0), costs=costs)
 
 
-def load_profiles(wanted: Sequence[str] | None, ladder: Sequence[int],
+def load_profiles(wanted: Sequence[str] | None, ladder: Sequence[int] | None = None,
                   directory: Path = PROFILES_DIR) -> tuple[list[DeviceProfile], list[str]]:
     """Profiles by file stem or ``name`` (all of them when ``wanted`` is None), and why others were skipped."""
     profiles, skipped = [], []
@@ -192,7 +199,7 @@ def load_profiles(wanted: Sequence[str] | None, ladder: Sequence[int],
 @dataclass(frozen=True)
 class LoadStep:
     at_s: float
-    load: float  # input rate / the agent's best throughput over the ladder
+    load: float  # input rate / the agent's best throughput over its profile's batch sizes
 
 
 def default_steps(duration_s: float) -> list[LoadStep]:
@@ -494,7 +501,7 @@ class SimAgent:
 class FleetConfig:
     agents: int
     profiles: tuple[DeviceProfile, ...]
-    ladder: tuple[int, ...] = DEFAULT_LADDER
+    ladder: tuple[int, ...] | None = None  # None: every batch size of each profile
     steps: tuple[LoadStep, ...] = tuple(default_steps(120.0))
     duration_s: float = 120.0
     deadline_ms: float = 1000.0
@@ -519,6 +526,13 @@ class FleetConfig:
         end = int(round(self.steps[phase + 1].at_s / WINDOW_S)) if phase + 1 < len(self.steps) else self.windows
         return start, min(end, self.windows)
 
+    def profile_of(self, agent: int) -> DeviceProfile:
+        return self.profiles[agent % len(self.profiles)]
+
+    @property
+    def all_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({s for p in self.profiles for s in p.sizes(self.ladder)}))
+
     @property
     def target_phase(self) -> int:
         return min(range(len(self.steps)), key=lambda i: abs(self.steps[i].load - TARGET_LOAD))
@@ -528,7 +542,7 @@ def make_fleet(cfg: FleetConfig, initial_batch: int | None = None) -> list[SimAg
     """The same fleet (profiles round-robin, per-agent speed, stream phases) for every run of one seed."""
     fleet = []
     for i in range(cfg.agents):
-        profile = cfg.profiles[i % len(cfg.profiles)]
+        profile = cfg.profile_of(i)
         speed = random.Random(cfg.seed * 1_000_003 + i).uniform(1 - cfg.spread, 1 + cfg.spread)
         queue = AgentQueue(profile, speed, initial_batch or cfg.initial_batch, cfg.deadline_ms / 1000.0, cfg.queue,
                            cfg.noise, seed=cfg.seed * 1_000_003 + i, swap_pause_s=cfg.swap_pause_s)
@@ -577,8 +591,8 @@ class Recorder:
 
 
 def run_fixed(cfg: FleetConfig, size: int) -> Recorder:
-    """One ladder size for the whole run, no controller."""
-    fleet = make_fleet(cfg, initial_batch=size)
+    """One batch size for the whole run, no controller (agents whose profile lacks it are left out)."""
+    fleet = [a for a in make_fleet(cfg, initial_batch=size) if size in a.profile.sizes(cfg.ladder)]
     rec = Recorder(cfg)
     phase = -1
     for w in range(cfg.windows):
@@ -799,7 +813,7 @@ def best_sizes(fixed: dict[int, Recorder], cfg: FleetConfig) -> list[list[set[in
     for a in range(cfg.agents):
         row = []
         for p in range(len(cfg.steps)):
-            on_time = {s: rec.on_time(a, p) for s, rec in fixed.items()}
+            on_time = {s: rec.on_time(a, p) for s, rec in fixed.items() if s in cfg.profile_of(a).sizes(cfg.ladder)}
             top = max(on_time.values())
             row.append({s for s, v in on_time.items() if v >= top * 0.999})
         out.append(row)
@@ -823,6 +837,7 @@ def summarize_run(rec: Recorder, cfg: FleetConfig, agents: Sequence[int], best: 
 
 
 def summarize_fixed(fixed: dict[int, Recorder], cfg: FleetConfig, agents: Sequence[int]) -> dict[str, Any]:
+    fixed = {s: rec for s, rec in fixed.items() if all(s in cfg.profile_of(a).sizes(cfg.ladder) for a in agents)}
     every = {s: totals(rec, agents, list(range(len(cfg.steps)))) for s, rec in fixed.items()}
     best = max(every, key=lambda s: every[s]["on_time"])
     tp = cfg.target_phase
@@ -928,9 +943,9 @@ async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, 
                    barrier_timeout_s: float, tolerance: float) -> dict[str, Any]:
     t = time.perf_counter()
     fixed = {}
-    for size in cfg.ladder:
+    for size in cfg.all_sizes:
         fixed[size] = run_fixed(cfg, size)
-    log(f"fixed-size baselines ({', '.join(map(str, cfg.ladder))}) simulated in {time.perf_counter() - t:.1f} s")
+    log(f"fixed-size baselines ({', '.join(map(str, cfg.all_sizes))}) simulated in {time.perf_counter() - t:.1f} s")
     best = best_sizes(fixed, cfg)
     runs: dict[str, PolicyRun] = {}
     with LocalBroker(persistence=False) as broker:
@@ -947,7 +962,8 @@ async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, 
         | {"steps": [s.__dict__ for s in cfg.steps], "profiles": [p.name for p in cfg.profiles]},
         "profiles": {p.name: {"device": p.device, "model": p.model, "source": p.source,
                               "capacity_fps": round(p.capacity_fps(cfg.ladder), 1),
-                              "batch_delay_ms": {s: p.costs[s].delay_ms for s in cfg.ladder}} for p in cfg.profiles},
+                              "batch_delay_ms": {s: p.costs[s].delay_ms for s in p.sizes(cfg.ladder)}}
+                     for p in cfg.profiles},
         "runs": {n: {"wall_s": round(r.wall_s, 2), "telemetry_handled": r.telemetry_handled,
                      "telemetry_lost": r.telemetry_lost, "decisions": r.decisions, "orders_received": r.orders_received,
                      "telemetry_per_s_wall": round(r.telemetry_handled / max(1e-9, r.wall_s), 1),
@@ -981,6 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "1/2: 1.2, 3/4: 0.3 of the duration)")
     p.add_argument("--speed", type=float, default=0.0, help="at most this many simulated s per wall s (0: no cap)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ladder", default=None, help="batch sizes the simulated agents serve, e.g. 1,2,4,8,16 "
+                                                  "(default: every size of each profile)")
     p.add_argument("--deadline-ms", type=float, default=1000.0, help="end-to-end deadline per frame")
     p.add_argument("--queue", type=int, default=32, help="ingress queue capacity, frames (drop-oldest)")
     p.add_argument("--noise", type=float, default=0.03, help="relative standard deviation of each batch delay")
@@ -1000,7 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ladder = DEFAULT_LADDER
+    ladder = tuple(int(x) for x in args.ladder.split(",")) if args.ladder else None
     wanted = args.profiles.split(",") if args.profiles else None
     profiles, skipped = load_profiles(wanted, ladder)
     for line in skipped:
