@@ -12,8 +12,9 @@ measured device profile (``bench/profiles/*.json``; a profile without rows is sk
   1 s), about 10 fps each, as many as the load step asks for; load = input rate / the agent's best
   throughput over the profile's batch sizes (``max b / d(b)``), so "90 %" means the same on a CPU
   and on an H100;
-- one bounded ingress queue (``--queue``, 32 like ``PipelineConfig.ingress_capacity``), drop-oldest
-  when full (real-time mode), every drop counted;
+- one bounded queue, drop-oldest when full (real-time mode), every drop counted. It holds ``--queue``
+  frames (40: ``PipelineConfig``'s ingress 32 + ready 8) plus one assembled batch of the current size
+  waiting ahead of inference (its ``batch_queue_capacity`` 1), so a batch of 32 can form while one runs;
 - the batcher dispatches when ``b`` frames wait, or when the oldest frame's deadline minus the
   expected batch delay is reached (a partial batch, padded: it costs ``d(b)`` as the static engine does);
 - service time ``d(b) x agent speed x (1 + noise)``: ``d(b)`` is the profile's pre+infer+post of one
@@ -251,14 +252,12 @@ class AgentQueue:
     """One agent's serving loop: bounded drop-oldest ingress queue, deadline-aware batcher, one server."""
 
     def __init__(self, profile: DeviceProfile, speed: float, batch_size: int, deadline_s: float = 1.0,
-                 capacity: int = 32, noise: float = 0.03, seed: int = 0, swap_pause_s: float = 0.0) -> None:
-        if capacity < max(profile.costs):
-            raise ValueError(f"queue capacity {capacity} < largest batch size {max(profile.costs)}")
+                 capacity: int = 40, noise: float = 0.03, seed: int = 0, swap_pause_s: float = 0.0) -> None:
         self.profile = profile
         self.speed = speed  # > 1: a slower device than the profile's
         self.size = batch_size
         self.deadline_s = deadline_s
-        self.capacity = capacity
+        self.capacity = capacity  # frames waiting, besides one assembled batch ahead of inference
         self.noise = noise
         self.swap_pause_s = swap_pause_s
         self._arrival_rng = random.Random(seed * 7919 + 1)  # same phases in every run of one fleet
@@ -313,9 +312,10 @@ class AgentQueue:
             if start >= t1:
                 break
             arrived = bisect.bisect_right(buf, start, head)
-            if arrived - head > self.capacity:  # drop-oldest: the queue keeps the newest `capacity` frames
-                fig.dropped += arrived - head - self.capacity
-                head = arrived - self.capacity
+            room = self.capacity + b
+            if arrived - head > room:  # drop-oldest: the queue keeps the newest frames
+                fig.dropped += arrived - head - room
+                head = arrived - room
             n = min(b, arrived - head)
             factor = max(0.5, self._noise_rng.gauss(1.0, self.noise)) * self.speed
             cost = costs[b]
@@ -338,9 +338,10 @@ class AgentQueue:
             free = finish
         if self.switch is not None and self.switch[0] < t1:  # took effect while the queue was empty
             free = self._apply_switch(fig, free)
-        if total - head > self.capacity:
-            fig.dropped += total - head - self.capacity
-            head = total - self.capacity
+        room = self.capacity + self.size
+        if total - head > room:
+            fig.dropped += total - head - room
+            head = total - room
         self.buf = buf[head:]
         self.free_at = free
         t = self.totals
@@ -393,7 +394,7 @@ class AgentWire:
         self.applied_generation = 0
         self.pending_generation: int | None = None
         self.seq = 0
-        self.counters = {"orders": 0, "stale": 0, "superseded": 0, "rejected": 0, "applied": 0}
+        self.counters = {"orders": 0, "stale": 0, "superseded": 0, "rejected": 0, "applied": 0, "refused": 0}
         p = queue.profile
         self.capabilities = Capabilities(
             backends=[p.backend], platform=p.platform, gpu_name=p.device if p.memory_kind == "gpu" else None,
@@ -425,9 +426,11 @@ class AgentWire:
         self.counters["orders"] += 1
         out: list[Outgoing] = []
         size = desired.batch_size
+        self.applied_generation = desired.generation  # as the real agent: taken, then refused if unservable
         if size is not None and size not in self.queue.profile.costs:
-            return [self.event("swap_failed", now_s, desired.generation, f"no engine for batch size {size}")]
-        self.applied_generation = desired.generation
+            self.counters["refused"] += 1
+            return [self.event("swap_failed", now_s, desired.generation, f"no engine for batch size {size}"),
+                    self.status(now_s)]
         if self.pending_generation is not None:
             self.counters["superseded"] += 1
             out.append(self.event("desired_ignored", now_s, self.pending_generation,
@@ -505,7 +508,7 @@ class FleetConfig:
     steps: tuple[LoadStep, ...] = tuple(default_steps(120.0))
     duration_s: float = 120.0
     deadline_ms: float = 1000.0
-    queue: int = 32
+    queue: int = 40
     noise: float = 0.03
     spread: float = 0.1
     initial_batch: int = 4
@@ -781,7 +784,7 @@ async def run_policy(cfg: FleetConfig, name: str, settings: BrokerSettings, conn
         ctl_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ctl_task
-    agg: dict[str, int] = {k: 0 for k in ("orders", "stale", "superseded", "rejected", "applied")}
+    agg: dict[str, int] = {k: 0 for k in ("orders", "stale", "superseded", "rejected", "applied", "refused")}
     for a in fleet:
         assert a.wire is not None
         for k, v in a.wire.counters.items():
@@ -1000,7 +1003,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", default=None, help="batch sizes the simulated agents serve, e.g. 1,2,4,8,16 "
                                                   "(default: every size of each profile)")
     p.add_argument("--deadline-ms", type=float, default=1000.0, help="end-to-end deadline per frame")
-    p.add_argument("--queue", type=int, default=32, help="ingress queue capacity, frames (drop-oldest)")
+    p.add_argument("--queue", type=int, default=40, help="frames an agent buffers besides one assembled batch "
+                                                         "(drop-oldest)")
     p.add_argument("--noise", type=float, default=0.03, help="relative standard deviation of each batch delay")
     p.add_argument("--spread", type=float, default=0.1, help="agents' speed varies by +- this share of the profile")
     p.add_argument("--initial-batch", type=int, default=4, help="batch size every agent starts at "

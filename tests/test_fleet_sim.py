@@ -12,6 +12,7 @@ import pytest
 from cloud_controller.policies import POLICIES
 from mqtt_bus import BrokerSettings
 from mqtt_bus.local_broker import LocalBroker
+from schemas import AgentEvent, DesiredState, Telemetry, Topics, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,8 +64,8 @@ def test_overload_drops_oldest_and_serves_at_most_capacity() -> None:
     assert t.served >= 100 * 10 - 2  # the server never idles
     assert t.dropped > 0
     assert t.offered == t.served + t.dropped + queue.waiting
-    assert queue.waiting <= 32
-    assert t.late == 0  # 32 queued frames wait 320 ms: within the 1 s deadline
+    assert queue.waiting <= 32 + 1  # the queue and one assembled batch
+    assert t.late == 0  # 33 queued frames wait 330 ms: within the 1 s deadline
 
 
 def test_deadline_dispatches_a_partial_batch() -> None:
@@ -93,6 +94,36 @@ def test_load_is_relative_to_the_best_ladder_size() -> None:
     assert p.capacity_fps(fs.DEFAULT_LADDER) == pytest.approx(16 * 1000 / 50)
     rates = fs.stream_rates(0.9 * p.capacity_fps(fs.DEFAULT_LADDER))
     assert sum(rates) == 288 and all(9 <= r <= 11 for r in rates)
+
+
+def test_wire_obeys_the_newest_generation_and_says_what_it_did() -> None:
+    queue = fs.AgentQueue(profile(DELAYS), speed=1.0, batch_size=1, seed=3)
+    queue.set_streams([10] * 5)
+    wire = fs.AgentWire("a1", Topics("tp"), queue, swap_delay_s=0.5, epoch=1000.0)
+
+    def events(out: list[tuple[str, bytes, int, bool]]) -> list[tuple[str, int | None]]:
+        found = [decode(AgentEvent, payload) for topic, payload, _, _ in out if topic == "tp/agents/a1/events"]
+        return [(e.kind, e.generation) for e in found]
+
+    assert events(wire.on_desired(DesiredState(agent_id="a1", generation=2, batch_size=4), 1.0)) == []
+    assert queue.switch == (1.5, 4) and wire.applied_generation == 2
+    assert events(wire.on_desired(DesiredState(agent_id="a1", generation=1, batch_size=8), 1.1)) == [
+        ("desired_ignored", 1)]
+    assert queue.switch == (1.5, 4)
+    assert events(wire.on_desired(DesiredState(agent_id="a1", generation=3, batch_size=8), 1.2)) == [
+        ("desired_ignored", 2)]  # superseded before it took effect
+    assert queue.switch == (1.7, 8)
+    assert events(wire.on_desired(DesiredState(agent_id="a1", generation=4, batch_size=64), 1.3)) == [
+        ("swap_failed", 4)]
+    fig = queue.run_window(1.0, 2.0)
+    assert events(wire.applied(fig)) == [("desired_applied", 3)]
+    topic, payload, qos, retain = wire.telemetry(fig, 2.0)
+    telemetry = decode(Telemetry, payload)
+    assert (topic, qos, retain) == ("tp/agents/a1/telemetry", 0, False)
+    assert telemetry.batch_size == 8 and not telemetry.batch_size_uniform
+    assert telemetry.applied_generation == 4  # as the real agent: a refused generation was still taken
+    assert set(telemetry.latency) == {"pre", "queue", "infer", "post", "e2e", "batch"}
+    assert telemetry.source_fps_total == 50 and telemetry.ts == 1002.0
 
 
 def test_every_registered_policy_can_be_built() -> None:
