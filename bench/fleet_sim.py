@@ -35,9 +35,9 @@ window k+1 at ``--swap-delay``. ``--speed S`` additionally caps the pace at S si
 wall second (0, the default: as fast as the controller keeps up). Wall time and the controller's
 telemetry messages per second are reported for each run.
 
-Clock: the controller runs in this process. Policies that keep time (``DeadlinePolicy``'s ban after a
-failed size) read an attribute ``clock``; the simulator replaces it with the simulated clock when a
-policy has one, so cool-downs are in simulated seconds. The controller's own fleet-view timestamps stay
+Clock: the controller runs in this process. Policies that keep time (``DeadlinePolicy(clock=...)``)
+read an attribute ``clock``; the simulator replaces it with the simulated clock when a policy has
+one, so cool-downs and bans are in simulated seconds. The controller's own fleet-view timestamps stay
 wall clock (they decide nothing). Message ``ts`` fields are the run's start (unix) + simulated time.
 
 Scale: 1,000 agents cannot each hold an MQTT connection on 2 cores. ``--connections`` (default 4)
@@ -63,6 +63,12 @@ in < 10 s after the step into it.
 
     python bench/fleet_sim.py                               # 200 agents, 120 s, every policy
     python bench/fleet_sim.py --agents 1000 --json out/fleet.json   # works on a 2-core VM
+    python -m bench.fleet_sim --policies deadline --profiles h100-pytorch-nanodet --duration 60
+
+Which controller code runs: whatever ``import cloud_controller`` finds. ``python bench/fleet_sim.py``
+puts ``bench/`` first on the path, so that is the installed package (an editable install: its
+checkout); ``python -m bench.fleet_sim`` from a checkout's root runs that checkout's code. The report
+prints the path and commit it used.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ import asyncio
 import bisect
 import contextlib
 import json
+import logging
 import math
 import platform
 import random
@@ -1020,8 +1027,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _NoPendingPublishWarning(logging.Filter):
+    """aiomqtt warns past 10 QoS 1 publishes in flight on one connection: here that is the design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoPendingPublishWarning())
     ladder = tuple(int(x) for x in args.ladder.split(",")) if args.ladder else None
     wanted = args.profiles.split(",") if args.profiles else None
     profiles, skipped = load_profiles(wanted, ladder)
