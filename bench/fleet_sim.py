@@ -864,7 +864,7 @@ def combine_fixed(parts: list[dict[str, Any]]) -> dict[str, Any]:
     best |= {"served_pct": round(_pct(best["served"], best["offered"]), 3),
              "miss_pct": round(_pct(best["late"], best["served"]), 4),
              "drop_pct": round(_pct(best["dropped"], best["offered"]), 3)}
-    return {"best_size": "per profile", "best": best, "by_size": {},
+    return {"best_size": "each profile's own", "best": best, "by_size": {},
             "target_phase_best_size": "per profile",
             "target_phase_best_on_time": sum(p["target_phase_best_on_time"] for p in parts)}
 
@@ -917,7 +917,8 @@ def print_report(result: dict[str, Any], cfg: FleetConfig) -> None:
             print(f"{name:<16}{r['served']:>8}/{r['offered']:<7}{r['miss_pct']:>9.3f}{r['drop_pct']:>8.2f}"
                   f"{r['on_time']:>11}   {conv}{r['swaps_per_agent_mean']:>8.1f}/{r['swaps_per_agent_max']}")
         b = fixed["best"]
-        label = f"fixed b={fixed['best_size']} best"
+        size = fixed["best_size"]
+        label = f"fixed b={size} best" if isinstance(size, int) else "fixed, best each"
         print(f"{label:<16}{b['served']:>8}/{b['offered']:<7}{b['miss_pct']:>9.3f}{b['drop_pct']:>8.2f}"
               f"{b['on_time']:>11}   {'(no controller)':>{12 * len(steps) - 1}}{'0.0/0':>13}")
         if fixed["by_size"]:
@@ -946,11 +947,12 @@ def code_location() -> str:
                                 text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return f"{root} (commit {commit or 'unknown'})"
+    return f"{root} (commit {commit or 'unknown: not a git checkout'})"
 
 
 async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, speed: float,
                    barrier_timeout_s: float, tolerance: float) -> dict[str, Any]:
+    code = code_location()  # before the runs: a checkout may move on while they go
     t = time.perf_counter()
     fixed = {}
     for size in cfg.all_sizes:
@@ -966,7 +968,7 @@ async def evaluate(cfg: FleetConfig, policies: Sequence[str], connections: int, 
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
-        "code": code_location(),
+        "code": code,
         "policies_evaluated": list(policies),
         "config": {k: v for k, v in cfg.__dict__.items() if k not in ("profiles", "steps")}
         | {"steps": [s.__dict__ for s in cfg.steps], "profiles": [p.name for p in cfg.profiles]},
