@@ -21,6 +21,9 @@ measured device profile (``bench/profiles/*.json``; a profile without rows is sk
   batch, run sequentially. The real pipeline overlaps pre/post with inference, so a real agent has more
   capacity than this model: the figures here are conservative, and consistent with what the
   policies measure (``latency['batch']`` = pre+infer+post of one batch);
+- figures per phase count what happened in it: frames served in a phase include a backlog carried in
+  from the phase before (so served/offered can pass 100 % after a burst); "e2e ms" is the mean
+  end-to-end time of the frames served;
 - a frame is late (a deadline miss) if it finishes more than ``--deadline-ms`` after it arrived;
 - an order takes effect ``--swap-delay`` s after it is received, at a batch boundary (the in-flight
   batch finishes at the old size), and costs ``--swap-pause`` s of no service (default 0: our swaps
@@ -245,6 +248,7 @@ class WindowFigures:
     dropped: int = 0
     batches: int = 0
     busy_s: float = 0.0
+    e2e_sum_s: float = 0.0  # end-to-end time summed over the frames served
     sizes: set[int] = field(default_factory=set)
     applied: list[tuple[float, int]] = field(default_factory=list)  # (sim time, new size) of swaps that took effect
     batch_ms: list[float] = field(default_factory=list)
@@ -332,6 +336,7 @@ class AgentQueue:
             fig.served += n
             fig.batches += 1
             fig.busy_s += d
+            fig.e2e_sum_s += n * finish - sum(buf[head:head + n])
             fig.sizes.add(b)
             if collect:
                 fig.batch_ms.append(d * 1000.0)
@@ -575,19 +580,20 @@ class Recorder:
         n, w, p = cfg.agents, cfg.windows, len(cfg.steps)
         self.size = [[0] * w for _ in range(n)]
         self.kept_up = [[False] * w for _ in range(n)]
-        self.phase = {k: [[0] * p for _ in range(n)] for k in ("offered", "served", "late", "dropped")}
+        self.phase: dict[str, list[list[float]]] = {
+            k: [[0] * p for _ in range(n)] for k in ("offered", "served", "late", "dropped", "e2e_sum_s")}
         self.swaps = [0] * n
 
     def record(self, agent: int, window: int, fig: WindowFigures, size: int) -> None:
         self.size[agent][window] = size
         self.kept_up[agent][window] = fig.dropped == 0 and fig.late == 0
         phase = self.cfg.phase_of(window * WINDOW_S)
-        for k in ("offered", "served", "late", "dropped"):
+        for k in ("offered", "served", "late", "dropped", "e2e_sum_s"):
             self.phase[k][agent][phase] += getattr(fig, k)
         self.swaps[agent] += len(fig.applied)
 
     def on_time(self, agent: int, phase: int) -> int:
-        return self.phase["served"][agent][phase] - self.phase["late"][agent][phase]
+        return int(self.phase["served"][agent][phase] - self.phase["late"][agent][phase])
 
     def convergence_s(self, agent: int, phase: int, best: set[int]) -> float:
         start, end = self.cfg.phase_bounds(phase)
@@ -812,8 +818,11 @@ def _pct(a: float, b: float) -> float:
 
 
 def totals(rec: Recorder, agents: Sequence[int], phases: Sequence[int]) -> dict[str, float]:
-    s = {k: sum(rec.phase[k][a][p] for a in agents for p in phases) for k in ("offered", "served", "late", "dropped")}
+    s = {k: int(sum(rec.phase[k][a][p] for a in agents for p in phases))
+         for k in ("offered", "served", "late", "dropped")}
+    e2e = sum(rec.phase["e2e_sum_s"][a][p] for a in agents for p in phases)
     return {**s, "on_time": s["served"] - s["late"], "served_pct": round(_pct(s["served"], s["offered"]), 3),
+            "e2e_mean_ms": round(1000 * e2e / s["served"], 1) if s["served"] else 0.0,
             "miss_pct": round(_pct(s["late"], s["served"]), 4), "drop_pct": round(_pct(s["dropped"], s["offered"]), 3)}
 
 
@@ -863,7 +872,9 @@ def combine_fixed(parts: list[dict[str, Any]]) -> dict[str, Any]:
     best = {k: sum(p["best"][k] for p in parts) for k in keys}
     best |= {"served_pct": round(_pct(best["served"], best["offered"]), 3),
              "miss_pct": round(_pct(best["late"], best["served"]), 4),
-             "drop_pct": round(_pct(best["dropped"], best["offered"]), 3)}
+             "drop_pct": round(_pct(best["dropped"], best["offered"]), 3),
+             "e2e_mean_ms": round(sum(p["best"]["e2e_mean_ms"] * p["best"]["served"] for p in parts)
+                                  / max(1, best["served"]), 1)}
     return {"best_size": "each profile's own", "best": best, "by_size": {},
             "target_phase_best_size": "per profile",
             "target_phase_best_on_time": sum(p["target_phase_best_on_time"] for p in parts)}
@@ -908,19 +919,20 @@ def print_report(result: dict[str, Any], cfg: FleetConfig) -> None:
     for group, figures in result["groups"].items():
         fixed = figures["fixed"]
         print(f"\n== {group} ({figures['agents']} agents) ==")
-        print(f"{'policy':<16}{'served/offered':>16}{'miss %':>9}{'drop %':>8}{'on-time':>11}   "
+        print(f"{'policy':<16}{'served/offered':>16}{'miss %':>9}{'drop %':>8}{'e2e ms':>8}{'on-time':>11}   "
               f"converge s median/max after each step{'':>4}{'swaps/agent':>13}")
-        print(f"{'':<63}{conv_head}{'mean/max':>13}")
+        print(f"{'':<71}{conv_head}{'mean/max':>13}")
         rows = [(n, r) for n, r in figures["policies"].items()]
         for name, r in rows:
             conv = " ".join(f"{p['converge_median_s']:.0f}/{p['converge_max_s']:.0f}".rjust(11) for p in r["phases"])
             print(f"{name:<16}{r['served']:>8}/{r['offered']:<7}{r['miss_pct']:>9.3f}{r['drop_pct']:>8.2f}"
-                  f"{r['on_time']:>11}   {conv}{r['swaps_per_agent_mean']:>8.1f}/{r['swaps_per_agent_max']}")
+                  f"{r['e2e_mean_ms']:>8.0f}{r['on_time']:>11}   {conv}"
+                  f"{r['swaps_per_agent_mean']:>8.1f}/{r['swaps_per_agent_max']}")
         b = fixed["best"]
         size = fixed["best_size"]
         label = f"fixed b={size} best" if isinstance(size, int) else "fixed, best each"
         print(f"{label:<16}{b['served']:>8}/{b['offered']:<7}{b['miss_pct']:>9.3f}{b['drop_pct']:>8.2f}"
-              f"{b['on_time']:>11}   {'(no controller)':>{12 * len(steps) - 1}}{'0.0/0':>13}")
+              f"{b['e2e_mean_ms']:>8.0f}{b['on_time']:>11}   {'(no controller)':>{12 * len(steps) - 1}}{'0.0/0':>13}")
         if fixed["by_size"]:
             others = ", ".join(f"b={s}: {v['on_time']}" for s, v in sorted(fixed["by_size"].items()))
             print(f"  on-time frames of every fixed size: {others}")
