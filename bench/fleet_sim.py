@@ -778,9 +778,9 @@ async def run_policy(cfg: FleetConfig, name: str, settings: BrokerSettings, conn
                     break
                 if time.perf_counter() > deadline:
                     timeouts += 1
-                    lost = expected - handled
                     log(f"[{name}] window {w}: barrier timed out ({expected - handled - lost} telemetry unhandled, "
                         f"{controller.counters.decisions - received[0]} orders not back)")
+                    lost = expected - handled  # QoS 0 telemetry the broker or a client queue dropped
                     break
                 await asyncio.sleep(0.002)
             if speed > 0:
