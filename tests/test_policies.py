@@ -169,3 +169,12 @@ def test_deadline_policy_state_round_trips_through_the_wire_model() -> None:
     assert resumed is not None and resumed.model_dump(exclude={"ts"}) == state.model_dump(exclude={"ts"})
     second.forget("a1")
     assert second.export_state("a1") is None
+
+
+def test_deadline_policy_prefers_a_measured_size_that_keeps_up_over_an_extrapolated_one() -> None:
+    # Measured on this CPU: 4 keeps up at 90 % of the budget; 8 was never run and extrapolates to 85 %.
+    policy = DeadlinePolicy()
+    for size, delay in ((1, 45.0), (2, 75.0), (4, 120.0)):
+        policy.decide(telemetry(size, delay, fps=FPS))
+    decision = policy.decide(telemetry(2, 90.0, fps=FPS))  # a busier window: 2 now misses
+    assert decision is not None and decision.batch_size == 4, decision

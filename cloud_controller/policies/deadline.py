@@ -156,12 +156,16 @@ class DeadlinePolicy:
         target: int | None = None
         if forced or util_n > cfg.headroom:
             # Not keeping up, or too close to it: the smallest size predicted to keep up with headroom ...
-            # (when forced, a size already measured first: no guessing while frames are being lost).
-            measured_first = sorted(ladder, key=lambda s: (forced and s not in known, s))
-            target = next((s for s in measured_first if s != n and fits(s, cfg.headroom)), None)
-            if target is None and forced:  # ... or else the one predicted to keep up with the most margin
-                keeping_up = [s for s in ladder if s != n and fits(s, 1.0)]
-                target = min(keeping_up, key=lambda s: self.utilisation(known, s, interval), default=None)
+            # When forced, frames are being lost: a measured size first (with headroom, else the one with the
+            # most margin), an extrapolated one only when no measured size keeps up.
+            pools = ([s for s in ladder if s in known], [s for s in ladder if s not in known]) if forced else (ladder,)
+            for pool in pools:
+                target = next((s for s in pool if s != n and fits(s, cfg.headroom)), None)
+                if target is None and forced:
+                    keeping_up = [s for s in pool if s != n and fits(s, 1.0)]
+                    target = min(keeping_up, key=lambda s: self.utilisation(known, s, interval), default=None)
+                if target is not None:
+                    break
             if target is None and not forced:  # keeping up, barely: measure the next size up rather than guess
                 target = next((s for s in ladder if s > n and s not in known
                                and self.e2e_ms(known, s, interval) <= cfg.slo_ms), None)
