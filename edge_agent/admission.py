@@ -99,10 +99,8 @@ class DeviceProfile:
 
     def cost(self, batch_size: int) -> BatchCost:
         measured = self._measured.get(batch_size)
-        if measured is not None and measured.count >= MEASURED_AFTER:
-            base = measured.cost
-        else:
-            base = self.costs[batch_size]
+        use_measured = measured is not None and measured.count >= MEASURED_AFTER
+        base = measured.cost if measured is not None and use_measured else self.costs[batch_size]
         return base.scaled(self.derate) if self.derate != 1.0 else base
 
     def period_ms(self, batch_size: int) -> float:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -16,6 +17,9 @@ from edge_agent.nanodet import NanoDetDecoder, preprocess
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
 from schemas import ProfileReport, ProfileRow
+
+if TYPE_CHECKING:
+    from edge_agent.admission import DeviceProfile
 
 
 class PeakMemorySampler:
@@ -155,3 +159,28 @@ def run_profile(
         batches_per_size=batches,
         rows=rows,
     )
+
+
+def measure_device_profile(
+    engine: InferenceEngine,
+    decoder: NanoDetDecoder,
+    uri: str,
+    batch_sizes: list[int],
+    batches: int = 3,
+    overlap: bool = False,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> DeviceProfile:
+    """A short start-up profile for admission control: on the serving engine and real frames of ``uri``,
+    a few batches per size (after one warm-up), and the time to decode a frame of it."""
+    from edge_agent.admission import BatchCost, DeviceProfile
+
+    count = max(8, min(64, max(batch_sizes) * 2))
+    t0 = time.perf_counter()
+    frames, _ = read_frames(uri, count)
+    decode_ms = (time.perf_counter() - t0) * 1000.0 / max(1, len(frames))  # includes opening: conservative
+    costs: dict[int, BatchCost] = {}
+    for size in batch_sizes:
+        progress(f"admission profile: batch {size}, {batches} batches ...")
+        pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches)
+        costs[size] = BatchCost(size, pre, infer, post, decode_ms * size)
+    return DeviceProfile(costs, overlap=overlap, origin="start-up measurement")

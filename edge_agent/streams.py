@@ -1,0 +1,311 @@
+"""The streams a pipeline serves, under admission control: admits or parks each stream (at start, when
+one joins, when a desired state lists it), keeps the device profile up to date from what the pipeline
+measures, and adapts to overruns. The maths is ``edge_agent.admission``; this is its owner of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_agent.admission import (
+    DEFAULT_HEADROOM,
+    BatchCost,
+    DeviceProfile,
+    StreamDemand,
+    admit,
+    figures,
+    fit,
+)
+from edge_agent.errors import SourceError
+from edge_agent.frames import Batch
+from edge_agent.pipeline import Pipeline, ServingConfig
+from edge_agent.sources import VideoSource
+from edge_agent.stats import StreamCounts
+from schemas import AdmissionFigures, EventKind, StreamSpec, StreamState
+
+log = logging.getLogger(__name__)
+
+State = Literal["admitted", "parked", "ended"]
+
+
+@dataclass
+class AdmissionSettings:
+    enabled: bool = True  # False: every stream is admitted (figures still computed and reported)
+    headroom: float = DEFAULT_HEADROOM
+    window_s: float = 1.0  # how often overruns are checked
+    overrun_ratio: float = 0.01  # (misses + drops) / frames over the last windows
+    overrun_windows: int = 3  # consecutive windows with misses or drops, and the cool-down after adapting
+    derate_step: float = 1.15  # when the model says the set fits but it overruns: load the profile cannot see
+    adapt_batch_size: bool = False  # standalone: serve the best batch size admission found (no controller)
+
+
+@dataclass
+class StreamEntry:
+    source: VideoSource
+    deadline_ms: float
+    state: State
+    order: int  # admission order: first come, first served; the last admitted is parked first
+    figures: AdmissionFigures | None = None
+    reason: str = ""
+    history: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=16))  # (frames, bad, missed)
+    last: StreamCounts = field(default_factory=StreamCounts)
+
+    @property
+    def stream_id(self) -> str:
+        return self.source.stream_id
+
+    @property
+    def demand(self) -> StreamDemand:
+        assert self.source.info is not None
+        return StreamDemand(self.stream_id, self.source.info.fps, self.deadline_ms)
+
+
+StreamListener = Callable[[EventKind, str, AdmissionFigures | None, str], None]
+
+
+class StreamRoster:
+    """Sole owner of which streams a pipeline reads; reports every decision to its listeners."""
+
+    def __init__(self, pipeline: Pipeline, profile: DeviceProfile, settings: AdmissionSettings | None = None) -> None:
+        self.pipeline = pipeline
+        self.profile = profile
+        self.settings = settings or AdmissionSettings()
+        self.entries: dict[str, StreamEntry] = {}
+        self.listeners: list[StreamListener] = []
+        self._order = 0
+        self._cooldown = 0
+        pipeline.batch_listeners.append(self._on_batch)
+        pipeline.source_end_listeners.append(self._on_source_end)
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def _report(self, kind: EventKind, stream_id: str, figures: AdmissionFigures | None, detail: str) -> None:
+        log.info("%s %s: %s", kind, stream_id, detail)
+        for listener in self.listeners:
+            listener(kind, stream_id, figures, detail)
+
+    def states(self) -> list[StreamState]:
+        counts = self.pipeline.stats.streams
+        out = []
+        for e in sorted(self.entries.values(), key=lambda e: e.order):
+            c = counts.get(e.stream_id, StreamCounts())
+            out.append(StreamState(
+                stream_id=e.stream_id, state=e.state, fps=round(e.demand.fps, 3), deadline_ms=e.deadline_ms,
+                frames_in=c.frames_in, frames_out=c.frames_out, dropped=c.dropped, deadline_misses=c.deadline_misses,
+                reason=e.reason[:1000]))
+        return out
+
+    def admitted(self) -> list[StreamEntry]:
+        return sorted((e for e in self.entries.values() if e.state == "admitted"), key=lambda e: e.order)
+
+    # --- admission ----------------------------------------------------------------------
+
+    def _decide(self, source: VideoSource) -> tuple[StreamEntry, AdmissionFigures]:
+        self._order += 1
+        entry = StreamEntry(source, source.deadline_ms or self.pipeline.config.deadline_ms, "parked", self._order)
+        decision = admit(self.profile, [e.demand for e in self.admitted()], entry.demand, self.settings.headroom)
+        if not decision.admitted and not self.settings.enabled:
+            decision = decision.model_copy(update={
+                "admitted": True, "reason": "admission control off: admitted although " + decision.reason})
+        entry.figures = decision
+        entry.reason = decision.reason
+        entry.last = self.pipeline.stats.stream(source.stream_id).copy()
+        return entry, decision
+
+    def admit_initial(self) -> list[AdmissionFigures]:
+        """Decide, in order, on the streams the pipeline was built with (before it runs)."""
+        decisions = []
+        for source in list(self.pipeline.sources):
+            entry, decision = self._decide(source)
+            self.entries[source.stream_id] = entry
+            if decision.admitted:
+                entry.state = "admitted"
+            else:
+                self.pipeline.park(source.stream_id)
+            self._report("stream_admitted" if decision.admitted else "stream_refused", source.stream_id, decision,
+                         decision.reason)
+            decisions.append(decision)
+        self._adapt_batch_size()
+        return decisions
+
+    def request(self, source: VideoSource) -> AdmissionFigures:
+        """A stream joining (opened): admitted and read, or parked; the admitted ones are untouched."""
+        if source.stream_id in self.entries:
+            raise SourceError(source.uri, f"stream id {source.stream_id!r} is already in use")
+        entry, decision = self._decide(source)
+        self.pipeline.add_source(source, parked=not decision.admitted)
+        entry.state = "admitted" if decision.admitted else "parked"
+        self.entries[source.stream_id] = entry
+        self._report("stream_admitted" if decision.admitted else "stream_refused", source.stream_id, decision,
+                     decision.reason)
+        if decision.admitted:
+            self._adapt_batch_size()
+        return decision
+
+    async def remove(self, stream_id: str) -> bool:
+        entry = self.entries.pop(stream_id, None)
+        if entry is None:
+            return False
+        await self.pipeline.remove_source(stream_id)
+        self._report("stream_removed", stream_id, None, f"stream {stream_id} removed ({entry.state})")
+        if entry.state == "admitted":
+            self._retry_parked()
+        return True
+
+    def _retry_parked(self) -> None:
+        """Capacity was freed: admit parked streams, first come first served, while they fit."""
+        for e in sorted((e for e in self.entries.values() if e.state == "parked"), key=lambda e: e.order):
+            decision = admit(self.profile, [a.demand for a in self.admitted()], e.demand, self.settings.headroom)
+            if not decision.admitted:
+                continue
+            try:
+                self.pipeline.unpark(e.stream_id)
+            except SourceError as exc:
+                log.info("cannot resume %s: %s", e.stream_id, exc)
+                return
+            e.state, e.figures, e.reason = "admitted", decision, decision.reason
+            e.history.clear()
+            e.last = self.pipeline.stats.stream(e.stream_id).copy()
+            self._report("stream_admitted", e.stream_id, decision, "resumed: " + decision.reason)
+        self._adapt_batch_size()
+
+    def _adapt_batch_size(self) -> None:
+        """Standalone (no controller): serve the batch size the admitted set fits best at."""
+        if not self.settings.adapt_batch_size:
+            return
+        best = fit(self.profile, [e.demand for e in self.admitted()], self.settings.headroom)
+        if best.batch_size is None or best.batch_size == self.pipeline.batch_size:
+            return
+        try:
+            self.pipeline.switch(batch_size=best.batch_size)
+        except Exception as exc:  # SwapError: the engine cannot serve it; keep serving
+            log.warning("admission: cannot switch to batch %s: %s", best.batch_size, exc)
+
+    # --- measuring and overruns ---------------------------------------------------------
+
+    def _on_batch(self, batch: Batch, serving: ServingConfig) -> None:
+        if len(batch.frames) != batch.target_size:
+            return  # a partial batch says little about a full one
+        self.profile.observe(BatchCost(batch.target_size, batch.pre_ms, batch.infer_ms, batch.post_ms,
+                                       sum(f.decode_ms for f in batch.frames)))
+
+    def _on_source_end(self, source: VideoSource) -> None:
+        entry = self.entries.get(source.stream_id)
+        if entry is None or entry.state != "admitted":
+            return
+        entry.state, entry.reason = "ended", "its source ended"
+        self._retry_parked()
+
+    def check_overruns(self) -> list[str]:
+        """One window: per admitted stream, frames and misses + drops; adapt when some keep missing."""
+        s = self.settings
+        overrunning: list[tuple[StreamEntry, int, int]] = []
+        for e in self.admitted():
+            now = self.pipeline.stats.stream(e.stream_id).copy()
+            frames = max(now.frames_in - e.last.frames_in, now.frames_out - e.last.frames_out)
+            missed = now.deadline_misses - e.last.deadline_misses
+            bad = missed + now.dropped - e.last.dropped
+            e.last = now
+            e.history.append((frames, bad, missed))
+            recent = list(e.history)[-s.overrun_windows:]
+            if len(recent) < s.overrun_windows or not all(b for _, b, _ in recent):
+                continue
+            total = sum(f for f, _, _ in recent)
+            total_bad = sum(b for _, b, _ in recent)
+            if total_bad > s.overrun_ratio * max(total, 1):
+                overrunning.append((e, total, total_bad))
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            return []
+        if not overrunning:
+            return []
+        self._cooldown = s.overrun_windows
+        return self._adapt(overrunning)
+
+    def _adapt(self, overrunning: list[tuple[StreamEntry, int, int]]) -> list[str]:
+        s = self.settings
+        admitted = self.admitted()
+        current = fit(self.profile, [e.demand for e in admitted], s.headroom)
+        derated = ""
+        if current.fits:
+            # The model said this set fits, yet frames miss: load the profile cannot see. Be more careful.
+            self.profile.derate *= s.derate_step
+            derated = f"; the profile did not predict it: derated x{self.profile.derate:.2f}"
+        for e, frames, bad in overrunning:
+            detail = (f"stream {e.stream_id}: {bad} of {frames} frames missed or dropped over the last "
+                      f"{s.overrun_windows} windows (> {s.overrun_ratio:.1%}); measured profile: "
+                      f"{self.profile.describe()}{derated}")
+            self._report("stream_overrun", e.stream_id, figures(e.demand, current, len(admitted), s.headroom),
+                         detail)
+        parked: list[str] = []
+        kept = list(admitted)
+        result = fit(self.profile, [e.demand for e in kept], s.headroom)
+        while len(kept) > 1 and not result.fits and s.enabled:
+            last = kept.pop()
+            result = fit(self.profile, [e.demand for e in kept], s.headroom)
+            self.pipeline.park(last.stream_id)
+            last.state = "parked"
+            decision = figures(last.demand, fit(self.profile, [e.demand for e in [*kept, last]], s.headroom),
+                               len(kept) + 1, s.headroom)
+            last.figures = decision
+            last.reason = f"parked on overrun: {decision.reason}"
+            parked.append(last.stream_id)
+            self._report("stream_parked", last.stream_id, decision,
+                         f"parked (most recently admitted) so the {len(kept)} stream(s) before it fit: "
+                         f"{decision.reason}")
+        for e in kept:
+            e.history.clear()
+        self._adapt_batch_size()
+        return parked
+
+    async def run(self) -> None:
+        """Check for overruns every window until cancelled."""
+        await self.pipeline.started.wait()
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.settings.window_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += self.settings.window_s
+            self.check_overruns()
+
+    # --- desired state ------------------------------------------------------------------
+
+    async def apply(self, specs: list[StreamSpec], default_fps: float | None = None) -> list[AdmissionFigures]:
+        """Converge on ``specs``: remove streams not listed (or changed), open and request the new ones in
+        the order given. Returns the decisions on the new streams."""
+        wanted = {s.stream_id: s for s in specs}
+        for stream_id, entry in list(self.entries.items()):
+            spec = wanted.get(stream_id)
+            if spec is None or not _same(spec, entry):
+                await self.remove(stream_id)
+        decisions = []
+        for spec in specs:
+            if spec.stream_id in self.entries:
+                continue
+            source = VideoSource(spec.url, spec.stream_id, fps=spec.fps or default_fps, loop=spec.loop,
+                                 deadline_ms=spec.deadline_ms)
+            try:
+                await asyncio.to_thread(source.open)
+                decisions.append(self.request(source))
+            except SourceError as exc:
+                await asyncio.to_thread(source.close)
+                self._report("source_error", spec.stream_id, None, str(exc))
+        return decisions
+
+
+def _same(spec: StreamSpec, entry: StreamEntry) -> bool:
+    src = entry.source
+    return (spec.url == src.uri and spec.loop == src.loop and spec.deadline_ms == src.deadline_ms
+            and (spec.fps is None or src.info is None or abs(spec.fps - src.info.fps) < 1e-6))
+
+
+def print_decisions(decisions: list[AdmissionFigures], say: Callable[[str], None]) -> None:
+    for d in decisions:
+        state = "admitted" if d.admitted else "PARKED"
+        say(f"stream {d.stream_id}: {state} - {d.reason} (predicted batch delay {d.predicted_delay_ms:.0f} ms, "
+            f"latency {d.predicted_latency_ms:.0f} ms)")
