@@ -54,8 +54,14 @@ class BatchCost:
     decode_ms: float = 0.0  # reading + decoding the batch's frames from their sources
 
     def scaled(self, factor: float) -> BatchCost:
+        if factor == 1.0:
+            return self
         return BatchCost(self.batch_size, self.pre_ms * factor, self.infer_ms * factor, self.post_ms * factor,
                          self.decode_ms * factor)
+
+
+def _total(c: BatchCost) -> float:
+    return c.decode_ms + c.pre_ms + c.infer_ms + c.post_ms
 
 
 @dataclass
@@ -99,9 +105,17 @@ class DeviceProfile:
 
     def cost(self, batch_size: int) -> BatchCost:
         measured = self._measured.get(batch_size)
-        use_measured = measured is not None and measured.count >= MEASURED_AFTER
-        base = measured.cost if measured is not None and use_measured else self.costs[batch_size]
-        return base.scaled(self.derate) if self.derate != 1.0 else base
+        if measured is not None and measured.count >= MEASURED_AFTER:
+            return measured.cost.scaled(self.derate)
+        # Not measured while serving yet: the guess, moved as far as the measured sizes moved from theirs
+        # (the same machine, the same neighbours), so a guess never looks better than a measurement.
+        return self.costs[batch_size].scaled(self.derate * self.drift())
+
+    def drift(self) -> float:
+        """Mean ratio measured / guessed batch cost over the sizes measured while serving (1 if none)."""
+        ratios = [_total(m.cost) / _total(self.costs[b]) for b, m in self._measured.items()
+                  if m.count >= MEASURED_AFTER and _total(self.costs[b]) > 0]
+        return sum(ratios) / len(ratios) if ratios else 1.0
 
     def period_ms(self, batch_size: int) -> float:
         c = self.cost(batch_size)
@@ -144,6 +158,8 @@ class DeviceProfile:
         rows = ", ".join(f"b{b} {self.period_ms(b):.0f} ms{'*' if self.is_measured(b) else ''}"
                          for b in self.batch_sizes)
         derate = f", derated x{self.derate:.2f}" if self.derate != 1.0 else ""
+        drift = self.drift()
+        derate += f", guesses x{drift:.2f} as measured" if drift != 1.0 else ""
         model = "stages overlap" if self.overlap else "stages share the CPU: summed"
         return f"{self.origin} ({model}{derate}): {rows}"
 

@@ -10,6 +10,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from edge_agent.admission import (
@@ -21,12 +22,14 @@ from edge_agent.admission import (
     figures,
     fit,
 )
-from edge_agent.errors import SourceError
+from edge_agent.engines import InferenceEngine
+from edge_agent.errors import EdgeAgentError, SourceError
 from edge_agent.frames import Batch
+from edge_agent.nanodet import NanoDetDecoder
 from edge_agent.pipeline import Pipeline, ServingConfig
 from edge_agent.sources import VideoSource
 from edge_agent.stats import StreamCounts
-from schemas import AdmissionFigures, EventKind, StreamSpec, StreamState
+from schemas import AdmissionFigures, EventKind, ProfileReport, StreamSpec, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +312,39 @@ def print_decisions(decisions: list[AdmissionFigures], say: Callable[[str], None
         state = "admitted" if d.admitted else "PARKED"
         say(f"stream {d.stream_id}: {state} - {d.reason} (predicted batch delay {d.predicted_delay_ms:.0f} ms, "
             f"latency {d.predicted_latency_ms:.0f} ms)")
+
+
+DEFAULT_ADMISSION_SIZES = [1, 2, 4, 8]
+
+
+def admission_sizes(engine: InferenceEngine, requested: list[int] | None = None) -> list[int]:
+    """Batch sizes admission chooses among: those asked for that the engine serves (a static engine: its own)."""
+    wanted = requested or DEFAULT_ADMISSION_SIZES
+    served = engine.batch_sizes
+    if served is None:
+        return sorted(set(wanted))
+    return sorted(s for s in served if requested is None or s in requested) or sorted(served)
+
+
+async def load_device_profile(engine: InferenceEngine, decoder: NanoDetDecoder, first_source: str, sizes: list[int],
+                              profile_path: Path | None = None, overlap: bool = False,
+                              progress: Callable[[str], None] = lambda _m: None) -> DeviceProfile:
+    """The profile admission starts from: ``edge-agent profile --json`` output, or a short measurement on the
+    serving engine and real frames of the first source. Either way, what the pipeline measures while serving
+    replaces it size by size."""
+    if profile_path is not None:
+        try:
+            report = ProfileReport.model_validate_json(profile_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise EdgeAgentError(f"--profile {profile_path}: {exc}") from exc
+        profile = DeviceProfile.from_report(report, overlap=overlap, sizes=sizes)
+        if not profile.batch_sizes:
+            raise EdgeAgentError(f"--profile {profile_path} has no row for batch sizes {sizes}")
+        progress(f"admission profile from {profile_path}: {profile.describe()}")
+        return profile
+    from edge_agent.profiler import measure_device_profile
+
+    profile = await asyncio.to_thread(measure_device_profile, engine, decoder, first_source, sizes, 3, overlap,
+                                      progress)
+    progress(f"admission profile: {profile.describe()}")
+    return profile
