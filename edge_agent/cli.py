@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default 0.8: margin for load the profile does not see)")
     adm.add_argument("--admission-batch-sizes", type=batch_list, default=None,
                      help="batch sizes admission chooses among (default 1,2,4,8, or those a static engine serves)")
-    adm.add_argument("--overrun-windows", type=positive_int, default=3, help="windows of 1 s in a row with "
-                     "misses or drops (over 1%% of a stream's frames) that make an overrun (default 3)")
+    adm.add_argument("--overrun-windows", type=positive_int, default=2, help="windows of 1 s in a row with "
+                     "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
+                     "(default 2)")
     run.add_argument("--broker", default=None, help="mqtt://[user:pass@]host[:port]: obey a controller")
     run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
     run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")

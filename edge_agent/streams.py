@@ -42,7 +42,9 @@ class AdmissionSettings:
     headroom: float = DEFAULT_HEADROOM
     window_s: float = 1.0  # how often overruns are checked
     overrun_ratio: float = 0.01  # (misses + drops) / frames over the last windows
-    overrun_windows: int = 3  # consecutive windows with misses or drops, and the cool-down after adapting
+    overrun_windows: int = 2  # consecutive windows with misses, drops or frames at risk; the cool-down after adapting
+    risk_fraction: float = 0.25  # a frame is at risk past the modelled latency + this share of the slack to its
+    # deadline: a queue building up shows there long before frames miss
     derate_step: float = 1.15  # when the model says the set fits but it overruns: load the profile cannot see
     adapt_batch_size: bool = False  # standalone: serve the best batch size admission found (no controller)
 
@@ -55,7 +57,9 @@ class StreamEntry:
     order: int  # admission order: first come, first served; the last admitted is parked first
     figures: AdmissionFigures | None = None
     reason: str = ""
-    history: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=16))  # (frames, bad, missed)
+    history: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=16))  # (frames, bad, risky)
+    risk_ms: float = 0.0  # e2e past which a frame is at risk (see AdmissionSettings.risk_fraction)
+    at_risk: int = 0  # frames past risk_ms in the current window
     last: StreamCounts = field(default_factory=StreamCounts)
 
     @property
@@ -178,7 +182,9 @@ class StreamRoster:
         self._adapt_batch_size()
 
     def _adapt_batch_size(self) -> None:
-        """Standalone (no controller): serve the batch size the admitted set fits best at."""
+        """After any change to the admitted set: new risk lines; standalone (no controller), serve the batch
+        size the admitted set fits best at."""
+        self._refresh_risk()
         if not self.settings.adapt_batch_size:
             return
         best = fit(self.profile, [e.demand for e in self.admitted()], self.settings.headroom)
@@ -191,7 +197,18 @@ class StreamRoster:
 
     # --- measuring and overruns ---------------------------------------------------------
 
+    def _refresh_risk(self) -> None:
+        admitted = self.admitted()
+        latency = fit(self.profile, [e.demand for e in admitted], self.settings.headroom).latency_ms
+        for e in admitted:
+            e.risk_ms = latency + (e.deadline_ms - latency) * self.settings.risk_fraction if latency < e.deadline_ms \
+                else e.deadline_ms
+
     def _on_batch(self, batch: Batch, serving: ServingConfig) -> None:
+        for f in batch.frames:
+            e = self.entries.get(f.stream_id)
+            if e is not None and e.risk_ms and (f.t_post_end - f.t_capture) * 1000.0 > e.risk_ms:
+                e.at_risk += 1
         if len(batch.frames) != batch.target_size:
             return  # a partial batch says little about a full one
         self.profile.observe(BatchCost(batch.target_size, batch.pre_ms, batch.infer_ms, batch.post_ms,
@@ -205,23 +222,27 @@ class StreamRoster:
         self._retry_parked()
 
     def check_overruns(self) -> list[str]:
-        """One window: per admitted stream, frames and misses + drops; adapt when some keep missing."""
+        """One window: per admitted stream, frames, misses + drops, and frames past their risk line (halfway
+        from the modelled latency to the deadline: the early sign of an overload, before frames miss).
+        A stream overruns when every one of the last ``overrun_windows`` windows had some, and together
+        more than ``overrun_ratio`` of its frames. Returns the streams parked."""
         s = self.settings
-        overrunning: list[tuple[StreamEntry, int, int]] = []
+        overrunning: list[tuple[StreamEntry, int, int, int]] = []
         for e in self.admitted():
             now = self.pipeline.stats.stream(e.stream_id).copy()
             frames = max(now.frames_in - e.last.frames_in, now.frames_out - e.last.frames_out)
-            missed = now.deadline_misses - e.last.deadline_misses
-            bad = missed + now.dropped - e.last.dropped
+            bad = now.deadline_misses - e.last.deadline_misses + now.dropped - e.last.dropped
+            risky, e.at_risk = e.at_risk, 0
             e.last = now
-            e.history.append((frames, bad, missed))
+            e.history.append((frames, bad, risky))
             recent = list(e.history)[-s.overrun_windows:]
-            if len(recent) < s.overrun_windows or not all(b for _, b, _ in recent):
+            if len(recent) < s.overrun_windows or not all(b or r for _, b, r in recent):
                 continue
             total = sum(f for f, _, _ in recent)
             total_bad = sum(b for _, b, _ in recent)
-            if total_bad > s.overrun_ratio * max(total, 1):
-                overrunning.append((e, total, total_bad))
+            total_risky = sum(r for _, _, r in recent)
+            if max(total_bad, total_risky) > s.overrun_ratio * max(total, 1):
+                overrunning.append((e, total, total_bad, total_risky))
         if self._cooldown > 0:
             self._cooldown -= 1
             return []
@@ -230,7 +251,7 @@ class StreamRoster:
         self._cooldown = s.overrun_windows
         return self._adapt(overrunning)
 
-    def _adapt(self, overrunning: list[tuple[StreamEntry, int, int]]) -> list[str]:
+    def _adapt(self, overrunning: list[tuple[StreamEntry, int, int, int]]) -> list[str]:
         s = self.settings
         admitted = self.admitted()
         current = fit(self.profile, [e.demand for e in admitted], s.headroom)
@@ -239,10 +260,10 @@ class StreamRoster:
             # The model said this set fits, yet frames miss: load the profile cannot see. Be more careful.
             self.profile.derate *= s.derate_step
             derated = f"; the profile did not predict it: derated x{self.profile.derate:.2f}"
-        for e, frames, bad in overrunning:
-            detail = (f"stream {e.stream_id}: {bad} of {frames} frames missed or dropped over the last "
-                      f"{s.overrun_windows} windows (> {s.overrun_ratio:.1%}); measured profile: "
-                      f"{self.profile.describe()}{derated}")
+        for e, frames, bad, risky in overrunning:
+            detail = (f"stream {e.stream_id}: {bad} of {frames} frames missed or dropped, {risky} past "
+                      f"{e.risk_ms:.0f} ms (at risk) over the last {s.overrun_windows} windows "
+                      f"(> {s.overrun_ratio:.1%}); measured profile: {self.profile.describe()}{derated}")
             self._report("stream_overrun", e.stream_id, figures(e.demand, current, len(admitted), s.headroom),
                          detail)
         parked: list[str] = []
