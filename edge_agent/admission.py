@@ -101,7 +101,8 @@ class DeviceProfile:
 
     @property
     def batch_sizes(self) -> list[int]:
-        return sorted(self.costs)
+        """The sizes profiled, and those the pipeline has served (e.g. after a swap to another engine)."""
+        return sorted(set(self.costs) | {b for b, m in self._measured.items() if m.count >= MEASURED_AFTER})
 
     def cost(self, batch_size: int) -> BatchCost:
         measured = self._measured.get(batch_size)
@@ -114,7 +115,7 @@ class DeviceProfile:
     def drift(self) -> float:
         """Mean ratio measured / guessed batch cost over the sizes measured while serving (1 if none)."""
         ratios = [_total(m.cost) / _total(self.costs[b]) for b, m in self._measured.items()
-                  if m.count >= MEASURED_AFTER and _total(self.costs[b]) > 0]
+                  if m.count >= MEASURED_AFTER and b in self.costs and _total(self.costs[b]) > 0]
         return sum(ratios) / len(ratios) if ratios else 1.0
 
     def period_ms(self, batch_size: int) -> float:
@@ -130,8 +131,6 @@ class DeviceProfile:
     def observe(self, cost: BatchCost) -> None:
         """One full batch as the pipeline measured it."""
         size = cost.batch_size
-        if size not in self.costs:
-            return  # not a size admission chooses among
         m = self._measured.get(size)
         if m is None:
             self._measured[size] = _Measured(cost)

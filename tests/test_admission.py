@@ -99,8 +99,9 @@ def test_measured_batches_replace_the_start_up_guess_after_a_few() -> None:
     assert p.drift() == pytest.approx(116 / 60)
     assert p.period_ms(2) == pytest.approx(31 * 116 / 60)
     assert not admit(p, [cam(0)], cam(1)).admitted
-    p.observe(BatchCost(16, 1, 1, 1))  # a size admission does not choose among: ignored
-    assert 16 not in p.batch_sizes
+    for _ in range(MEASURED_AFTER):  # a size served (another engine swapped in) joins the choice once measured
+        p.observe(BatchCost(16, 16, 200, 16))
+    assert p.batch_sizes == [1, 2, 4, 16] and p.period_ms(16) == 232 and p.drift() == pytest.approx(116 / 60)
 
 
 def test_derate_scales_every_figure() -> None:

@@ -117,7 +117,7 @@ async def test_frames_at_risk_make_an_overrun_before_any_misses(engine, decoder)
     # The model: 182.5 ms at b4 for 48 fps; at risk a quarter of the way on to the 1000 ms deadline.
     assert entry.risk_ms == pytest.approx(182.5 + (1000 - 182.5) / 4)
     image = np.zeros((4, 4, 3), np.uint8)
-    for window in range(2):
+    for _ in range(2):
         late = [Frame("s1", i, image, 0.0, 1.0, 0.0, t_post_end=0.6) for i in range(4)]  # 600 ms: not missed
         roster._on_batch(Batch(late, target_size=4), roster.pipeline.serving)
         inject(roster, "s0", 24, 0)
@@ -193,4 +193,66 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     for sid, st in states.items():
         if st.state == "parked":
             assert st.reason and (sid not in end or end[sid].frames_in == start.get(sid, StreamCounts()).frames_in)
+    assert summary.frames_out + summary.dropped == summary.frames_in
+
+
+async def test_a_desired_state_adding_a_stream_that_does_not_fit_is_refused_with_figures_over_mqtt(
+        broker, prefix, engine, decoder, short_video) -> None:
+    from edge_agent.agent import Agent
+    from edge_agent.probes.host import HostProbe
+    from edge_agent.settings import AgentSettings
+    from schemas import AgentEvent, DesiredState, StreamSpec, Telemetry, Topics, decode, encode
+    from tests.mqtt_helpers import eventually, observing
+
+    topics = Topics(prefix)
+    sources = await open_sources([str(short_video)], loop=True)  # s0, 10 fps
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2, realtime=True))
+    roster = StreamRoster(pipeline, cpu_profile())
+    roster.admit_initial()
+    agent = Agent(pipeline, HostProbe(), AgentSettings(broker_url=broker.url, agent_id="cam1", prefix=prefix,
+                                                      telemetry_interval_s=0.5), roster=roster)
+    s0 = StreamSpec(stream_id="s0", url=str(short_video), loop=True)
+    async with observing(broker.url, f"{prefix}/#") as obs:
+        task = asyncio.create_task(agent.run())
+        try:
+            await eventually(lambda: pipeline.stats.frames_out > 5, 30, "serving s0")
+
+            def events() -> list[AgentEvent]:
+                return [decode(AgentEvent, p) for p in obs.on(topics.events("cam1"))]
+
+            await eventually(lambda: any(e.kind == "stream_admitted" for e in events()), 10, "s0 admitted event")
+            # A 200 fps stream: no batch size of this device keeps up beside s0.
+            big = StreamSpec(stream_id="cam-big", url=str(short_video), fps=200, deadline_ms=500, loop=True)
+            await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=1,
+                                                                          streams=[s0, big])))
+            await eventually(lambda: any(e.kind == "stream_refused" for e in events()), 10, "refusal event")
+            refused = next(e for e in events() if e.kind == "stream_refused")
+            assert refused.generation == 1 and refused.admission is not None
+            figures = refused.admission
+            assert figures.stream_id == "cam-big" and not figures.admitted and figures.limit == "throughput"
+            assert figures.total_fps == 210 and figures.utilisation > figures.headroom and figures.batch_size
+            assert "cam-big" in refused.detail and "refused" in refused.detail
+            # The admitted stream is untouched: still read, same batch size; the refused one is parked, not read.
+            before = pipeline.stats.streams["s0"].frames_in
+            await eventually(lambda: pipeline.stats.streams["s0"].frames_in > before + 5, 10, "s0 still read")
+            assert [s.stream_id for s in pipeline.sources] == ["s0"] and pipeline.batch_size == 2
+            assert pipeline.stats.stream("cam-big").frames_in == 0
+            await eventually(lambda: any(
+                [s.stream_id for s in decode(Telemetry, p).streams] == ["s0", "cam-big"]
+                for p in obs.on(topics.telemetry("cam1"))), 10, "telemetry with both streams")
+            last = decode(Telemetry, obs.on(topics.telemetry("cam1"))[-1])
+            states = {s.stream_id: s for s in last.streams}
+            assert states["s0"].state == "admitted" and states["cam-big"].state == "parked"
+            assert "utilisation" in states["cam-big"].reason and states["cam-big"].frames_in == 0
+            # The next desired state drops it and adds one that fits: admitted; s0 still untouched.
+            small = StreamSpec(stream_id="cam2", url=str(short_video), fps=5, loop=True)
+            await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=2,
+                                                                          streams=[s0, small])))
+            await eventually(lambda: roster.entries.get("cam2") is not None
+                             and roster.entries["cam2"].state == "admitted", 10, "cam2 admitted")
+            assert "cam-big" not in roster.entries and pipeline.stream_ids() == ["s0", "cam2"]
+            await eventually(lambda: any(e.kind == "stream_removed" for e in events()), 10, "removal event")
+        finally:
+            pipeline.stop()
+            summary = await asyncio.wait_for(task, 30)
     assert summary.frames_out + summary.dropped == summary.frames_in
