@@ -319,6 +319,7 @@ class StreamRoster:
             except SourceError as exc:
                 await asyncio.to_thread(source.close)
                 self._report("source_error", spec.stream_id, None, str(exc))
+        self._retry_parked()  # a new order is the moment to look again at streams parked before
         return decisions
 
 

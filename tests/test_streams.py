@@ -245,7 +245,7 @@ async def test_a_desired_state_adding_a_stream_that_does_not_fit_is_refused_with
             assert states["s0"].state == "admitted" and states["cam-big"].state == "parked"
             assert "utilisation" in states["cam-big"].reason and states["cam-big"].frames_in == 0
             # The next desired state drops it and adds one that fits: admitted; s0 still untouched.
-            small = StreamSpec(stream_id="cam2", url=str(short_video), fps=5, loop=True)
+            small = StreamSpec(stream_id="cam2", url=str(short_video), fps=1, loop=True)  # fits however busy
             await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=2,
                                                                           streams=[s0, small])))
             await eventually(lambda: roster.entries.get("cam2") is not None
