@@ -158,6 +158,8 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     profile = await asyncio.to_thread(measure_device_profile, engine, decoder, str(VIDEO), sizes, 3)
     demands = [StreamDemand(f"s{i}", 24, 1000) for i in range(4)]
     expected = sum(d.admitted for d in admit_in_order(profile, demands))
+    if expected == 0:  # then refusing all four is right, and there is nothing served to measure
+        pytest.skip(f"this shared machine is too busy right now for even one 24 fps stream: {profile.describe()}")
     sources = await open_sources([str(VIDEO)] * 4, fps=24, loop=True)
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=True, deadline_ms=1000))
     roster = StreamRoster(pipeline, profile, AdmissionSettings(adapt_batch_size=True))
@@ -256,3 +258,46 @@ async def test_a_desired_state_adding_a_stream_that_does_not_fit_is_refused_with
             pipeline.stop()
             summary = await asyncio.wait_for(task, 30)
     assert summary.frames_out + summary.dropped == summary.frames_in
+
+
+async def test_streams_admitted_on_a_profile_that_was_wrong_overrun_and_are_parked_until_the_rest_are_served(
+        engine, decoder) -> None:
+    """Overruns adapted to, in real time: a profile claiming 5 ms a frame admits all four streams; the
+    frames that then miss (or come close) are reported, and the most recently admitted streams are parked
+    until the measured profile says the rest fit; those are then served cleanly."""
+    from tests.mqtt_helpers import eventually
+
+    optimistic = DeviceProfile({b: BatchCost(b, 0.2 * b, 4.6 * b, 0.2 * b) for b in (1, 2, 4, 8)})
+    # 15 fps each: 60 fps overloads this CPU, while one stream fits even when the other sessions load it.
+    sources = await open_sources([str(VIDEO)] * 4, fps=15, loop=True)
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=True, deadline_ms=1000))
+    roster = StreamRoster(pipeline, optimistic, AdmissionSettings(adapt_batch_size=True))
+    events = Events()
+    roster.listeners.append(events)
+    assert all(d.admitted for d in roster.admit_initial())
+    checker = asyncio.create_task(roster.run())
+    run = asyncio.create_task(pipeline.run())
+    try:
+        await eventually(lambda: "stream_parked" in events.kinds(), 15, "a stream parked on overrun")
+        await asyncio.sleep(3.0)  # the backlog of the overload drains
+        start = {k: v.copy() for k, v in pipeline.stats.streams.items()}
+        await asyncio.sleep(6.0)
+        end = {k: v.copy() for k, v in pipeline.stats.streams.items()}
+    finally:
+        pipeline.stop()
+        checker.cancel()
+        summary = await asyncio.wait_for(run, 30)
+    states = {s.stream_id: s for s in roster.states()}
+    info = f"{optimistic.describe()}; {[(k, sid, d[:200]) for k, sid, _, d in events.seen]}"
+    parked = [sid for sid, st in states.items() if st.state == "parked"]
+    admitted = [sid for sid, st in states.items() if st.state == "admitted"]
+    assert parked and admitted, info
+    assert parked == [f"s{i}" for i in range(4 - len(parked), 4)], "the most recently admitted go first"
+    for sid in parked:
+        figures = next(f for k, s, f, _ in events.seen if k == "stream_parked" and s == sid)
+        assert figures is not None and not figures.admitted, info  # type: ignore[attr-defined]
+    assert any(k == "stream_overrun" for k in events.kinds()), info
+    for sid in admitted:
+        c = steady(end, start, sid)
+        assert c.frames_in >= 0.9 * 15 * 6 and c.dropped + c.deadline_misses <= 0.001 * c.frames_in, (sid, c, info)
+    assert summary.frames_out + summary.dropped == summary.frames_in, "never silently dropped"
