@@ -46,6 +46,7 @@ class AdmissionSettings:
     risk_fraction: float = 0.25  # a frame is at risk past the modelled latency + this share of the slack to its
     # deadline: a queue building up shows there long before frames miss
     derate_step: float = 1.15  # when the model says the set fits but it overruns: load the profile cannot see
+    derate_decay: float = 0.99  # per clean window (no miss, drop or frame at risk), back towards 1
     adapt_batch_size: bool = False  # standalone: serve the best batch size admission found (no controller)
 
 
@@ -228,6 +229,7 @@ class StreamRoster:
         more than ``overrun_ratio`` of its frames. Returns the streams parked."""
         s = self.settings
         overrunning: list[tuple[StreamEntry, int, int, int]] = []
+        troubled = False
         for e in self.admitted():
             now = self.pipeline.stats.stream(e.stream_id).copy()
             frames = max(now.frames_in - e.last.frames_in, now.frames_out - e.last.frames_out)
@@ -235,6 +237,7 @@ class StreamRoster:
             risky, e.at_risk = e.at_risk, 0
             e.last = now
             e.history.append((frames, bad, risky))
+            troubled = troubled or bool(bad or risky)
             recent = list(e.history)[-s.overrun_windows:]
             if len(recent) < s.overrun_windows or not all(b or r for _, b, r in recent):
                 continue
@@ -243,6 +246,9 @@ class StreamRoster:
             total_risky = sum(r for _, _, r in recent)
             if max(total_bad, total_risky) > s.overrun_ratio * max(total, 1):
                 overrunning.append((e, total, total_bad, total_risky))
+        if not troubled and self.profile.derate > 1.0:
+            # A clean window: the unseen load that derated the profile may be gone; forget it slowly.
+            self.profile.derate = max(1.0, self.profile.derate * s.derate_decay)
         if self._cooldown > 0:
             self._cooldown -= 1
             return []

@@ -104,6 +104,10 @@ async def test_an_overrun_the_model_did_not_predict_derates_the_profile(engine, 
     # 0.72 x 1.15 = 0.83 > 0.8: the set no longer fits, so the most recent stream was parked.
     assert [s.stream_id for s in roster.pipeline.parked] == ["s1"]
     assert "derated x1.15" in next(e for e in events.seen if e[0] == "stream_overrun")[3]
+    for _ in range(5):  # clean windows: the derating fades, slowly
+        inject(roster, "s0", 24, 0)
+        roster.check_overruns()
+    assert roster.profile.derate == pytest.approx(1.15 * 0.99**5)
 
 
 async def test_frames_at_risk_make_an_overrun_before_any_misses(engine, decoder) -> None:
