@@ -181,6 +181,12 @@ def measure_device_profile(
     costs: dict[int, BatchCost] = {}
     for size in batch_sizes:
         progress(f"admission profile: batch {size}, {batches} batches ...")
-        pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches)
+        timed = []
+        for b in range(batches + 1):  # the first warms caches and allocators up
+            images = [frames[(b * size + i) % len(frames)] for i in range(size)]
+            timed.append(time_stages(engine, decoder, images))
+        # The median batch: one batch slowed by a neighbour's burst does not set the guess (what serving
+        # measures replaces it soon, and overruns are caught either way).
+        pre, infer, post = (float(np.median([t[i] for t in timed[1:]])) * 1000.0 for i in range(3))
         costs[size] = BatchCost(size, pre, infer, post, decode_ms * size)
     return DeviceProfile(costs, overlap=overlap, origin="start-up measurement")
