@@ -48,6 +48,7 @@ class AdmissionSettings:
     derate_step: float = 1.15  # when the model says the set fits but it overruns: load the profile cannot see
     derate_decay: float = 0.99  # per clean window (no miss, drop or frame at risk), back towards 1
     adapt_batch_size: bool = False  # standalone: serve the best batch size admission found (no controller)
+    learn: bool = True  # measured full batches replace the profile's figures (off: admit on the profile as given)
 
 
 @dataclass
@@ -210,7 +211,7 @@ class StreamRoster:
             e = self.entries.get(f.stream_id)
             if e is not None and e.risk_ms and (f.t_post_end - f.t_capture) * 1000.0 > e.risk_ms:
                 e.at_risk += 1
-        if len(batch.frames) != batch.target_size:
+        if len(batch.frames) != batch.target_size or not self.settings.learn:
             return  # a partial batch says little about a full one
         self.profile.observe(BatchCost(batch.target_size, batch.pre_ms, batch.infer_ms, batch.post_ms,
                                        sum(f.decode_ms for f in batch.frames)))
