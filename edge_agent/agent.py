@@ -70,6 +70,8 @@ class Agent:
     ) -> None:
         self.pipeline = pipeline
         self.roster = roster
+        self._stream_generation: int | None = None  # the desired state whose streams are being applied
+        self._streams_lock = asyncio.Lock()
         if roster is not None:
             roster.listeners.append(self._on_stream_event)
         self.probe = probe
@@ -299,13 +301,12 @@ class Agent:
             await self.publish_event("error", "desired state lists streams but this agent runs without "
                                      "stream management", desired.generation)
             return
-        self._stream_generation = desired.generation
-        try:
-            await self.roster.apply(desired.streams)
-        finally:
-            self._stream_generation = None
-
-    _stream_generation: int | None = None
+        async with self._streams_lock:  # one order at a time, so its events carry its generation
+            self._stream_generation = desired.generation
+            try:
+                await self.roster.apply(desired.streams)
+            finally:
+                self._stream_generation = None
 
     def _on_stream_event(self, kind: EventKind, stream_id: str, figures: AdmissionFigures | None,
                          detail: str) -> None:

@@ -88,6 +88,7 @@ class StreamRoster:
         self.listeners: list[StreamListener] = []
         self._order = 0
         self._cooldown = 0
+        self._apply_lock = asyncio.Lock()
         pipeline.batch_listeners.append(self._on_batch)
         pipeline.source_end_listeners.append(self._on_source_end)
 
@@ -309,6 +310,10 @@ class StreamRoster:
     async def apply(self, specs: list[StreamSpec], default_fps: float | None = None) -> list[AdmissionFigures]:
         """Converge on ``specs``: remove streams not listed (or changed), open and request the new ones in
         the order given. Returns the decisions on the new streams."""
+        async with self._apply_lock:  # one order at a time: the next one sees what this one did
+            return await self._apply(specs, default_fps)
+
+    async def _apply(self, specs: list[StreamSpec], default_fps: float | None) -> list[AdmissionFigures]:
         wanted = {s.stream_id: s for s in specs}
         for stream_id, entry in list(self.entries.items()):
             spec = wanted.get(stream_id)
