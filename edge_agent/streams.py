@@ -376,9 +376,8 @@ async def load_device_profile(engine: InferenceEngine, decoder: NanoDetDecoder, 
             raise EdgeAgentError(f"--profile {profile_path} has no row for batch sizes {sizes}")
         progress(f"admission profile from {profile_path}: {profile.describe()}")
         return profile
-    from edge_agent.profiler import measure_device_profile
+    from edge_agent.profiler import measure_pipeline_profile
 
-    profile = await asyncio.to_thread(measure_device_profile, engine, decoder, first_source, sizes, 3, overlap,
-                                      progress)
+    profile = await measure_pipeline_profile(engine, decoder, first_source, sizes, 3, overlap, progress)
     progress(f"admission profile: {profile.describe()}")
     return profile

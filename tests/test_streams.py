@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.admission import MEASURED_AFTER, BatchCost, DeviceProfile, StreamDemand, admit_in_order, fit
 from edge_agent.pipeline import Pipeline, PipelineConfig
-from edge_agent.profiler import measure_device_profile
+from edge_agent.profiler import measure_pipeline_profile
 from edge_agent.sources import VideoSource, open_sources
 from edge_agent.stats import StreamCounts
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes
@@ -167,7 +167,7 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     """The proof on this machine, in real time: 4 x 24 fps of the sample video. How many fit is not assumed:
     the profile is measured here, now (the machine is shared), and admission derives it."""
     sizes = admission_sizes(engine)
-    profile = await asyncio.to_thread(measure_device_profile, engine, decoder, str(VIDEO), sizes, 3)
+    profile = await measure_pipeline_profile(engine, decoder, str(VIDEO), sizes, 3)
     demands = [StreamDemand(f"s{i}", 24, 1000) for i in range(4)]
     expected = sum(d.admitted for d in admit_in_order(profile, demands))
     if expected == 0:  # then refusing all four is right, and there is nothing served to measure
