@@ -183,6 +183,14 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
         assert pipeline.parked, "the profile says 4 do not fit: at least one is parked"
     checker = asyncio.create_task(roster.run())
     run = asyncio.create_task(pipeline.run())
+    drift: list[float] = []
+
+    async def watch_drift() -> None:  # how far serving costs moved from the profile admission was made on
+        while True:
+            await asyncio.sleep(0.5)
+            drift.append(roster.profile.drift())
+
+    watcher = asyncio.create_task(watch_drift())
     await pipeline.started.wait()
     await asyncio.sleep(5.0)  # start-up: warm-up, first batches, the profile learning
     start = {k: v.copy() for k, v in pipeline.stats.streams.items()}
@@ -192,23 +200,36 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     elapsed = time.monotonic() - t0
     pipeline.stop()
     checker.cancel()
+    watcher.cancel()
     summary = await asyncio.wait_for(run, 30)
     states = {s.stream_id: s for s in roster.states()}
     report = {sid: (st.state, steady(end, start, sid)) for sid, st in states.items() if sid in end}
-    info = (f"profile {profile.describe()}; expected {expected} admitted; steady {elapsed:.1f} s: {report}; "
+    info = (f"profile {profile.describe()}; max drift x{max(drift, default=1):.2f}; expected {expected} admitted; "
+            f"steady {elapsed:.1f} s: {report}; "
             f"events {[(k, sid, d[:300]) for k, sid, _, d in events.seen]}")
     print(info)
     admitted = [sid for sid, st in states.items() if st.state == "admitted"]
     assert admitted, "not all four degraded: some are served"
     if any(steady(end, start, sid).deadline_misses + steady(end, start, sid).dropped for sid in admitted):
         skip_if_one_stream_is_too_much(roster, info)
+        if max(drift, default=1.0) > 1 / roster.settings.headroom:
+            # Admission promises deadlines while serving costs stay within the headroom of the profile it was
+            # made on; other sessions on this machine pushed them past it (the overruns were reported, and
+            # adapted to, as the events show): that is not a run that can prove or disprove the promise.
+            pytest.skip(f"serving costs rose past the headroom of the measured profile mid-run: {info}")
     for sid in admitted:
         c = steady(end, start, sid)
         assert c.frames_in >= 0.9 * 24 * elapsed, f"{sid} served at its rate: {info}"
         assert c.dropped + c.deadline_misses <= 0.001 * c.frames_in, f"{sid} missed or dropped: {info}"
+    refused_at_start = {d.stream_id for d in decisions if not d.admitted}
     for sid, st in states.items():
-        if st.state == "parked":
-            assert st.reason and (sid not in end or end[sid].frames_in == start.get(sid, StreamCounts()).frames_in)
+        if st.state != "parked":
+            continue
+        assert st.reason, info
+        if sid in refused_at_start:
+            assert st.frames_in == 0, f"a parked stream is not read: {info}"
+        else:  # admitted, then parked on overrun: reported with its figures
+            assert any(k == "stream_parked" and s == sid and f is not None for k, s, f, _ in events.seen), info
     assert summary.frames_out + summary.dropped == summary.frames_in
 
 
