@@ -17,8 +17,10 @@ from edge_agent.probes import ResourceProbe
 from edge_agent.settings import AgentSettings
 from edge_agent.sinks import to_message
 from edge_agent.stats import WindowStats
+from edge_agent.streams import StreamRoster
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
+    AdmissionFigures,
     AgentEvent,
     AgentStatus,
     Capabilities,
@@ -64,8 +66,14 @@ class Agent:
         settings: AgentSettings,
         on_window: Callable[[WindowStats], None] | None = None,
         swap_handler: SwapHandler | None = None,
+        roster: StreamRoster | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.roster = roster
+        self._stream_generation: int | None = None  # the desired state whose streams are being applied
+        self._streams_lock = asyncio.Lock()
+        if roster is not None:
+            roster.listeners.append(self._on_stream_event)
         self.probe = probe
         self.settings = settings
         self.agent_id = settings.agent_id
@@ -140,9 +148,10 @@ class Agent:
         await self.bus.publish(self.topics.status(self.agent_id), encode(self.status(state)), qos=1, retain=True)
 
     async def publish_event(self, kind: EventKind, detail: str = "", generation: int | None = None,
-                            timings_ms: dict[str, float] | None = None) -> None:
+                            timings_ms: dict[str, float] | None = None,
+                            admission: AdmissionFigures | None = None) -> None:
         event = AgentEvent(agent_id=self.agent_id, kind=kind, detail=detail[:4000], generation=generation,
-                           timings_ms=timings_ms or {})
+                           timings_ms=timings_ms or {}, admission=admission)
         log.info("event %s gen=%s %s", kind, generation, detail)
         await self.bus.publish(self.topics.events(self.agent_id), encode(event), qos=1)
 
@@ -173,6 +182,7 @@ class Agent:
             latency=dict(window.latency),
             queue_depths=self.pipeline.queue_depths(),
             resources=resources,
+            streams=self.roster.states()[:64] if self.roster is not None else [],
         )
 
     async def _telemetry_loop(self) -> None:
@@ -243,6 +253,8 @@ class Agent:
             desired.version or serving.version) != serving.version
         self.applied_generation = desired.generation
         self.counters.applied_desired += 1
+        if desired.streams is not None:
+            self._spawn(self.apply_streams(desired), f"agent[{self.agent_id}].streams")
         if self.swap_handler is not None:
             # Off the message loop: a download must not hold up other messages.
             self._spawn(self.swap_handler.apply(self, desired), f"agent[{self.agent_id}].swap")
@@ -279,6 +291,36 @@ class Agent:
              "receive_to_first_batch": round((first_batch_wall - received) * 1000, 2)},
         )
 
+    # --- streams (admission control) -----------------------------------------------------
+
+    async def apply_streams(self, desired: DesiredState) -> None:
+        """Converge on the desired state's streams: each new one admitted or refused (parked) with the figures;
+        the admitted ones are untouched."""
+        assert desired.streams is not None
+        if self.roster is None:
+            await self.publish_event("error", "desired state lists streams but this agent runs without "
+                                     "stream management", desired.generation)
+            return
+        async with self._streams_lock:  # one order at a time, so its events carry its generation
+            self._stream_generation = desired.generation
+            try:
+                await self.roster.apply(desired.streams)
+            finally:
+                self._stream_generation = None
+
+    def _on_stream_event(self, kind: EventKind, stream_id: str, figures: AdmissionFigures | None,
+                         detail: str) -> None:
+        self._spawn(self.publish_event(kind, f"{stream_id}: {detail}", self._stream_generation, admission=figures),
+                    f"agent[{self.agent_id}].event")
+
+    async def _publish_stream_decisions(self) -> None:
+        """The decisions taken before the bus was up (the streams the agent started with)."""
+        assert self.roster is not None
+        for e in sorted(self.roster.entries.values(), key=lambda e: e.order):
+            if e.figures is not None:
+                await self.publish_event("stream_admitted" if e.state == "admitted" else "stream_refused",
+                                         f"{e.stream_id}: {e.reason}", admission=e.figures)
+
     # --- run ----------------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
@@ -286,10 +328,14 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             bus = tg.create_task(self.bus.run(self.handle), name=f"agent[{self.agent_id}].bus")
             telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
+            if self.roster is not None:
+                self._spawn(self.roster.run(), f"agent[{self.agent_id}].admission")
             # Give the broker a moment so the first figures and orders are not missed; never more.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.connect_wait_s):
                     await self.bus.connected.wait()
+            if self.roster is not None:
+                await self._publish_stream_decisions()
             summary = await self.pipeline.run()
             telemetry.cancel()
             for task in list(self._background):

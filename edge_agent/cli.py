@@ -20,6 +20,7 @@ from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_sources
+from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from schemas import ArtifactInfo
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
                    "run on TensorRT")
     p.add_argument("--labels", type=Path, default=None, help="class names, one per line (default: coco.names)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="initial batch size (default 4)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="initial batch size (default 4; standalone with admission control, the best size for the "
+                   "admitted streams)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--realtime", dest="realtime", action="store_true", default=True,
                       help="pace sources at their fps, drop the oldest frame on overload (default)")
@@ -93,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detections", type=Path, default=None, help="write detections as JSON lines here")
     run.add_argument("--annotated", type=Path, default=None, help="write annotated MJPG video per stream here")
     run.add_argument("--summary", type=Path, default=None, help="write the end-of-run figures as JSON here")
+    adm = run.add_argument_group("admission control", "a stream is admitted only if this device's profile says "
+                                 "every admitted stream still meets its deadline at some batch size; else it is "
+                                 "parked (not read) and reported")
+    adm.add_argument("--profile", type=Path, default=None, help="device profile to admit against: the JSON of "
+                     "`edge-agent profile --json` (default: measure a few batches per size at start-up)")
+    adm.add_argument("--no-admission", dest="admission", action="store_false", default=True,
+                     help="admit every stream (figures are still computed and reported)")
+    adm.add_argument("--headroom", type=float, default=0.8, help="utilisation the admitted streams may reach "
+                     "(default 0.8: margin for load the profile does not see)")
+    adm.add_argument("--admission-batch-sizes", type=batch_list, default=None,
+                     help="batch sizes admission chooses among (default 1,2,4,8, or those a static engine serves)")
+    adm.add_argument("--overrun-windows", type=positive_int, default=2, help="windows of 1 s in a row with "
+                     "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
+                     "(default 2)")
     run.add_argument("--broker", default=None, help="mqtt://[user:pass@]host[:port]: obey a controller")
     run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
     run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
@@ -152,24 +169,30 @@ async def run_command(args: argparse.Namespace) -> int:
         swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir), local_device_target(),
                                 onnx_backend=onnx_backend(args.backend))
         try:
-            info = await swapper.resolve(args.model_name, args.model_version, args.batch_size)
-            engine, _ = await swapper.load(info, args.batch_size, probe)
+            info = await swapper.resolve(args.model_name, args.model_version, args.batch_size or 4)
+            engine, _ = await swapper.load(info, args.batch_size or 4, probe)
         except RegistryError as exc:
             raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
         model_name, model_version, artifact_sha = info.name, info.version, info.sha256
     else:
         engine = await asyncio.to_thread(load_engine, args.model, args.backend)
+    batch_size = args.batch_size or 4
     sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
     sinks: list[FrameSink] = []
     if args.detections:
         sinks.append(JsonLinesSink(args.detections))
     if args.annotated:
         sinks.append(AnnotatedVideoSink(args.annotated, fps=sources[0].info.fps if sources[0].info else 10.0))
+    if engine.batch_sizes is not None and batch_size not in engine.batch_sizes:
+        batch_size = min(engine.batch_sizes)
     config = PipelineConfig(
-        batch_size=args.batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
+        batch_size=batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
     )
-    pipeline = Pipeline(sources, engine, NanoDetDecoder(labels), config, sinks, model=model_name,
+    decoder = NanoDetDecoder(labels)
+    pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
+    roster = await start_roster(args, pipeline, engine, decoder, probe.name != "host",
+                                adapt_batch_size=args.batch_size is None and not args.broker)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, pipeline.stop)
@@ -189,7 +212,7 @@ async def run_command(args: argparse.Namespace) -> int:
             raise EdgeAgentError(f"bad agent settings: {exc}") from exc
         agent = Agent(pipeline, probe, settings, on_window=lambda w: line.update(
             status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
-                        pipeline.queue_depths())), swap_handler=swapper)
+                        pipeline.queue_depths())), swap_handler=swapper, roster=roster)
         summary = await agent.run()
     else:
         async def show() -> None:
@@ -201,16 +224,40 @@ async def run_command(args: argparse.Namespace) -> int:
                                         pipeline.stats.deadline_misses, pipeline.queue_depths()))
 
         shower = asyncio.create_task(show(), name="status-line")
+        admission = asyncio.create_task(roster.run(), name="admission")
         try:
             summary = await pipeline.run()
         finally:
             shower.cancel()
+            admission.cancel()
     line.finish()
+    summary = summary.model_copy(update={"per_stream": roster.states()})
     print_summary(summary)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(summary.model_dump_json(indent=2))
     return 0
+
+
+async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: InferenceEngine,
+                       decoder: NanoDetDecoder, overlap: bool, adapt_batch_size: bool) -> StreamRoster:
+    """Admission control over the streams given: the device profile, then each stream admitted or parked."""
+    if not 0 < args.headroom <= 1:
+        raise EdgeAgentError(f"--headroom must be in (0, 1], got {args.headroom}")
+    sizes = admission_sizes(engine, args.admission_batch_sizes)
+    first = pipeline.sources[0].uri if pipeline.sources else str(DEFAULT_VIDEO)
+    profile = await load_device_profile(engine, decoder, first, sizes, args.profile, overlap,
+                                        progress=lambda m: print(m, file=sys.stderr, flush=True))
+    settings = AdmissionSettings(enabled=args.admission, headroom=args.headroom,
+                                 overrun_windows=args.overrun_windows, adapt_batch_size=adapt_batch_size)
+    roster = StreamRoster(pipeline, profile, settings)
+    roster.listeners.append(lambda kind, stream_id, _f, detail: print(
+        f"{kind.replace('_', ' ')} {stream_id}: {detail}", flush=True) if kind not in (
+            "stream_admitted", "stream_refused") else None)
+    print_decisions(roster.admit_initial(), lambda m: print(m, flush=True))
+    if adapt_batch_size:
+        print(f"batch size {pipeline.serving.batch_size} (best for the admitted streams)", flush=True)
+    return roster
 
 
 def onnx_backend(backend: str) -> str:

@@ -63,6 +63,14 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     for stage, s in summary.latency.items():
         table.add_row(stage, f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}", f"{s.p99_ms:.1f}", f"{s.max_ms:.1f}", str(s.count))
     console.print(table)
+    if summary.per_stream:
+        streams = Table(title="streams (admission control)")
+        for col in ("stream", "state", "fps", "deadline ms", "in", "out", "dropped", "missed", "why"):
+            streams.add_column(col, justify="left" if col in ("stream", "state", "why") else "right")
+        for st in summary.per_stream:
+            streams.add_row(st.stream_id, st.state, f"{st.fps:g}", f"{st.deadline_ms:g}", str(st.frames_in),
+                            str(st.frames_out), str(st.dropped), str(st.deadline_misses), st.reason)
+        console.print(streams)
 
 
 def print_profile(report: ProfileReport, console: Console | None = None) -> None:

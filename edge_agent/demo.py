@@ -25,6 +25,7 @@ from edge_agent.probes import auto_probe
 from edge_agent.profiler import profile_batch_size, read_frames
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import open_sources
+from edge_agent.streams import StreamRoster, admission_sizes, load_device_profile, print_decisions
 from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
 from model_registry.registry import Registry
 from model_registry.stores import open_store
@@ -105,6 +106,11 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
                             PipelineConfig(batch_size=initial_batch, realtime=True), model=name,
                             version=info.version, artifact_sha256=info.sha256)
         settings = AgentSettings(broker_url=broker.url, agent_id="demo-agent", prefix="edgebatch")
+        profile = await load_device_profile(engine, decoder, str(video), admission_sizes(engine),
+                                            overlap=auto_probe().name != "host")
+        roster = StreamRoster(pipeline, profile)
+        say(f"admission: {profile.describe()}")
+        print_decisions(roster.admit_initial(), say)
 
         def on_window(w) -> None:  # type: ignore[no-untyped-def]
             if w.frames_out or w.frames_in:
@@ -112,7 +118,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
                     f"batch delay {w.latency['batch'].mean_ms:6.1f} ms  e2e p95 {w.latency['e2e'].p95_ms:6.0f} ms  "
                     f"dropped {pipeline.stats.dropped}  missed {pipeline.stats.deadline_misses}")
 
-        agent = Agent(pipeline, auto_probe(), settings, on_window=on_window, swap_handler=swapper)
+        agent = Agent(pipeline, auto_probe(), settings, on_window=on_window, swap_handler=swapper, roster=roster)
         say(f"agent: {streams} x {video.name} at {sources[0].info.fps:g} fps each "  # type: ignore[union-attr]
             f"({pipeline.source_fps_total:g} fps in all), starting at batch {initial_batch}, policy {policy}")
         loop = asyncio.get_running_loop()
@@ -127,7 +133,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
             ctl.cancel()
         await fleet.close()
     console.print()
-    print_summary(summary, console)
+    print_summary(summary.model_copy(update={"per_stream": roster.states()}), console)
     path = " -> ".join(str(d[1]) for d in controller.agents["demo-agent"].decisions) if controller.agents else ""
     console.print(f"controller: {controller.counters.telemetry} telemetry messages, "
                   f"{controller.counters.decisions} decisions (batch {initial_batch} -> {path or 'no change'}); "

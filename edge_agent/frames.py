@@ -27,6 +27,7 @@ class Frame:
     t_infer_start: float = 0.0
     t_infer_end: float = 0.0
     t_post_end: float = 0.0
+    decode_ms: float = 0.0  # reading + decoding it from its source
     tensor: np.ndarray | None = None
     detections: list[Detection] = field(default_factory=list)
 

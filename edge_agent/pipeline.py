@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_agent.engines import InferenceEngine, stack_padded
-from edge_agent.errors import SwapError
+from edge_agent.errors import SourceError, SwapError
 from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
 from edge_agent.sources import VideoSource, monotonic_to_wall
@@ -50,6 +50,7 @@ class PipelineConfig:
     ingress_capacity: int = 32  # frames; absorbs a swap or a GC pause before any drop
     ready_capacity: int = 8
     batch_queue_capacity: int = 1  # one batch ready ahead of inference is enough to overlap; more delays a switch
+    keep_open: bool = False  # keep running with no source left (streams may be added later); else end with them
 
 
 @dataclass
@@ -63,6 +64,15 @@ class ServingConfig:
     generation: int = 0
     switched: asyncio.Future[float] | None = field(default=None, repr=False)
     artifact_sha256: str | None = None
+
+
+@dataclass
+class _Reader:
+    """One source being read: its task and the event that stops it at the next frame boundary."""
+
+    source: VideoSource
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -105,7 +115,13 @@ class Pipeline:
         artifact_sha256: str | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
-        self.sources = list(sources)
+        self.sources = list(sources)  # the streams being read
+        self.parked: list[VideoSource] = []  # opened, not read (admission control): no frame, no drop
+        self._readers: dict[str, _Reader] = {}
+        self._next_seq: dict[str, int] = {}
+        self._reader_group: asyncio.TaskGroup | None = None
+        self._sources_ended = False
+        self.source_end_listeners: list[Callable[[VideoSource], None]] = []
         self.decoder = decoder
         self.sinks = list(sinks)
         self.stats = PipelineStats()
@@ -181,6 +197,88 @@ class Pipeline:
     def stop(self) -> None:
         """Stop reading sources; frames already accepted are still processed."""
         self._stopping.set()
+        for reader in self._readers.values():
+            reader.stop.set()
+
+    # --- streams at run time ------------------------------------------------------------
+
+    def stream_ids(self) -> list[str]:
+        return [s.stream_id for s in (*self.sources, *self.parked)]
+
+    def find_source(self, stream_id: str) -> VideoSource | None:
+        return next((s for s in (*self.sources, *self.parked) if s.stream_id == stream_id), None)
+
+    def add_source(self, source: VideoSource, parked: bool = False) -> None:
+        """Add an opened source: read from now on, or kept parked (not read). Raises SourceError once the
+        sources have ended (the pipeline is draining)."""
+        if self.find_source(source.stream_id) is not None:
+            raise SourceError(source.uri, f"stream id {source.stream_id!r} is already in use")
+        if source.info is None:
+            raise SourceError(source.uri, "open() the source before adding it")
+        if parked:
+            self.parked.append(source)
+            return
+        self._check_open(source)
+        self.sources.append(source)
+        self._start_reader(source)
+
+    def park(self, stream_id: str) -> VideoSource | None:
+        """Stop reading a stream (at its next frame boundary) but keep it open; frames it already gave are
+        processed as usual."""
+        source = next((s for s in self.sources if s.stream_id == stream_id), None)
+        if source is None:
+            return None
+        self.sources.remove(source)
+        self.parked.append(source)
+        reader = self._readers.pop(stream_id, None)
+        if reader is not None:
+            reader.stop.set()
+        return source
+
+    def unpark(self, stream_id: str) -> VideoSource | None:
+        """Read a parked stream again (its frame numbers go on where they stopped)."""
+        source = next((s for s in self.parked if s.stream_id == stream_id), None)
+        if source is None:
+            return None
+        self._check_open(source)
+        self.parked.remove(source)
+        self.sources.append(source)
+        self._start_reader(source)
+        return source
+
+    async def remove_source(self, stream_id: str) -> VideoSource | None:
+        """Stop reading a stream and close it. Frames it already gave are still processed."""
+        source = self.find_source(stream_id)
+        if source is None:
+            return None
+        reader = self._readers.pop(stream_id, None)
+        if source in self.sources:
+            self.sources.remove(source)
+        else:
+            self.parked.remove(source)
+        if reader is not None:
+            reader.stop.set()
+            if reader.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(reader.task)
+        self.stats.corrupt += source.corrupt
+        await asyncio.to_thread(source.close)
+        return source
+
+    def _check_open(self, source: VideoSource) -> None:
+        if self._sources_ended or self._stopping.is_set():
+            raise SourceError(source.uri, "the pipeline's sources have ended; it is draining")
+
+    def _start_reader(self, source: VideoSource) -> None:
+        if self._reader_group is None:
+            return  # not running yet: run() starts it
+        reader = _Reader(source)
+        try:
+            reader.task = self._reader_group.create_task(self._read_source(reader),
+                                                         name=f"source[{source.stream_id}]")
+        except RuntimeError as exc:  # the group has just finished: the sources ended
+            raise SourceError(source.uri, "the pipeline's sources have ended; it is draining") from exc
+        self._readers[source.stream_id] = reader
 
     def queue_depths(self) -> dict[str, int]:
         return {
@@ -196,49 +294,70 @@ class Pipeline:
 
     # --- stages -------------------------------------------------------------------------
 
-    async def _read_source(self, source: VideoSource) -> None:
+    async def _read_source(self, reader: _Reader) -> None:
+        source = reader.source
         assert source.info is not None
         interval = 1.0 / source.info.fps
         pace = self.config.realtime and not source.info.live
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        seq = 0
-        deadline_s = self.config.deadline_ms / 1000.0
-        while not self._stopping.is_set():
+        first_seq = seq = self._next_seq.get(source.stream_id, 0)
+        deadline_s = (source.deadline_ms or self.config.deadline_ms) / 1000.0
+        ended = False
+        while not reader.stop.is_set():
             if pace:
-                delay = t0 + seq * interval - time.monotonic()
+                delay = t0 + (seq - first_seq) * interval - time.monotonic()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
-                            await self._stopping.wait()
-                    if self._stopping.is_set():
+                            await reader.stop.wait()
+                    if reader.stop.is_set():
                         break
+            t_read = time.monotonic()
             image = await loop.run_in_executor(None, source.read)
             if image is None:
+                ended = not reader.stop.is_set()
                 break
+            if reader.stop.is_set():
+                break  # parked or removed while reading: the frame was never accepted
             if self.config.max_frames is not None and self._accepted >= self.config.max_frames:
                 self.stop()
                 break
             now = time.monotonic()
-            frame = Frame(source.stream_id, seq, image, now, now + deadline_s, monotonic_to_wall(now))
+            frame = Frame(source.stream_id, seq, image, now, now + deadline_s, monotonic_to_wall(now),
+                          decode_ms=(now - t_read) * 1000.0)
             seq += 1
+            self._next_seq[source.stream_id] = seq
             self._accepted += 1
-            self.stats.frame_in()
+            self.stats.frame_in(source.stream_id)
             if self.config.realtime:
                 if self._ingress.full():
-                    self._ingress.get_nowait()  # drop the oldest frame, never silently
-                    self.stats.dropped += 1
+                    oldest = self._ingress.get_nowait()  # drop the oldest frame, never silently
+                    self.stats.frame_dropped(oldest.stream_id if isinstance(oldest, Frame) else "")
                 self._ingress.put_nowait(frame)
             else:
                 await self._ingress.put(frame)
+        if ended:
+            if self._readers.get(source.stream_id) is reader:
+                del self._readers[source.stream_id]
+            for listener in self.source_end_listeners:
+                listener(source)  # may add or unpark a stream: this task still holds the group open
+
+    async def _keep_open(self) -> None:
+        await self._stopping.wait()
 
     async def _read_sources(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                for s in self.sources:
-                    tg.create_task(self._read_source(s), name=f"source[{s.stream_id}]")
+                self._reader_group = tg
+                for s in list(self.sources):
+                    self._start_reader(s)
+                if self.config.keep_open:
+                    tg.create_task(self._keep_open(), name="pipeline.sources.keep_open")
         finally:
-            self.stats.corrupt = sum(s.corrupt for s in self.sources)
+            self._reader_group = None
+            self._sources_ended = True
+            self.stats.corrupt += sum(s.corrupt for s in (*self.sources, *self.parked))
         # Only on a normal end: when the pipeline is cancelled nobody drains the queue any more,
         # and awaiting a put on a full one would hang the teardown.
         await self._ingress.put(END)
@@ -361,7 +480,7 @@ class Pipeline:
 
     async def run(self) -> RunSummary:
         """Run until the sources end, ``max_frames`` is reached, or ``stop()``; then drain."""
-        for s in self.sources:
+        for s in (*self.sources, *self.parked):
             if s.info is None:
                 await asyncio.to_thread(s.open)
         t0 = time.monotonic()
@@ -376,7 +495,7 @@ class Pipeline:
         finally:
             for sink in self.sinks:
                 await sink.close()
-            for s in self.sources:
+            for s in (*self.sources, *self.parked):
                 await asyncio.to_thread(s.close)  # waits out a read still running on its thread
             for pool in (self._pre_pool, self._infer_pool, self._post_pool):
                 pool.shutdown(wait=False)

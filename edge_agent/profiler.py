@@ -7,15 +7,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
 from edge_agent.engines import InferenceEngine, load_engine, run_padded
+from edge_agent.frames import Batch
 from edge_agent.nanodet import NanoDetDecoder, preprocess
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
 from schemas import ProfileReport, ProfileRow
+
+if TYPE_CHECKING:
+    from edge_agent.admission import DeviceProfile
 
 
 class PeakMemorySampler:
@@ -155,3 +160,42 @@ def run_profile(
         batches_per_size=batches,
         rows=rows,
     )
+
+
+async def measure_pipeline_profile(
+    engine: InferenceEngine,
+    decoder: NanoDetDecoder,
+    uri: str,
+    batch_sizes: list[int],
+    batches: int = 3,
+    overlap: bool = False,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> DeviceProfile:
+    """A short start-up profile for admission control, measured the way serving measures it: the real pipeline
+    (offline, so as fast as it goes) on the serving engine and real frames of ``uri``, a few full batches per
+    size after one warm-up; per stage, the median batch. Decode, pre, infer and post overlap on their threads
+    here as they will while serving, so their contention for the cores is in the figures."""
+    from edge_agent.admission import BatchCost, DeviceProfile
+    from edge_agent.pipeline import Pipeline, PipelineConfig
+    from edge_agent.sources import VideoSource
+
+    costs: dict[int, BatchCost] = {}
+    for size in batch_sizes:
+        progress(f"admission profile: batch {size}, {batches} batches through the pipeline ...")
+        source = VideoSource(uri, "profile", loop=True)
+        pipeline = Pipeline([source], engine, decoder,
+                            PipelineConfig(batch_size=size, realtime=False, max_frames=(batches + 1) * size))
+        timed: list[tuple[float, float, float, float]] = []
+
+        def record(batch: Batch, _serving: object, timed: list[tuple[float, float, float, float]] = timed) -> None:
+            if len(batch.frames) == batch.target_size:
+                timed.append((batch.pre_ms, batch.infer_ms, batch.post_ms, sum(f.decode_ms for f in batch.frames)))
+
+        pipeline.batch_listeners.append(record)
+        await pipeline.run()
+        measured = timed[1:] or timed
+        if not measured:
+            continue
+        pre, infer, post, decode = (float(np.median([t[i] for t in measured])) for i in range(4))
+        costs[size] = BatchCost(size, pre, infer, post, decode)
+    return DeviceProfile(costs, overlap=overlap, origin="start-up measurement")

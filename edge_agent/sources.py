@@ -42,11 +42,13 @@ class SourceInfo:
 class VideoSource:
     """One stream. ``open()`` and ``read()`` block: the pipeline runs them in a thread."""
 
-    def __init__(self, uri: str, stream_id: str, fps: float | None = None, loop: bool = False) -> None:
+    def __init__(self, uri: str, stream_id: str, fps: float | None = None, loop: bool = False,
+                 deadline_ms: float | None = None) -> None:
         self.uri = uri
         self.stream_id = stream_id
         self._fps_override = fps
         self.loop = loop
+        self.deadline_ms = deadline_ms  # None: the pipeline's default
         self._cap: cv2.VideoCapture | None = None
         self.info: SourceInfo | None = None
         self.corrupt = 0

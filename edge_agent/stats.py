@@ -92,6 +92,19 @@ class WindowStats:
         return self.frames_out / self.window_s
 
 
+@dataclass
+class StreamCounts:
+    """One stream's counts since start (the figures admission and overrun detection work from)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    deadline_misses: int = 0
+
+    def copy(self) -> StreamCounts:
+        return StreamCounts(self.frames_in, self.frames_out, self.dropped, self.deadline_misses)
+
+
 class PipelineStats:
     """Collects timings from the pipeline; ``take_window`` gives and resets the current window.
 
@@ -104,10 +117,22 @@ class PipelineStats:
         self.dropped = 0
         self.corrupt = 0
         self.deadline_misses = 0
+        self.streams: dict[str, StreamCounts] = {}
 
-    def frame_in(self) -> None:
+    def stream(self, stream_id: str) -> StreamCounts:
+        counts = self.streams.get(stream_id)
+        if counts is None:
+            counts = self.streams[stream_id] = StreamCounts()
+        return counts
+
+    def frame_in(self, stream_id: str = "") -> None:
         self._window.frames_in += 1
         self._run.frames_in += 1
+        self.stream(stream_id).frames_in += 1
+
+    def frame_dropped(self, stream_id: str = "") -> None:
+        self.dropped += 1
+        self.stream(stream_id).dropped += 1
 
     def batch_done(self, batch: Batch) -> None:
         size = batch.target_size
@@ -123,8 +148,11 @@ class PipelineStats:
                 "post": batch.post_ms,
                 "e2e": (f.t_post_end - f.t_capture) * 1000.0,
             }
+            counts = self.stream(f.stream_id)
+            counts.frames_out += 1
             if f.t_post_end > f.deadline:
                 self.deadline_misses += 1
+                counts.deadline_misses += 1
             for target in (self._window, self._run):
                 target.frames_out += 1
                 for stage, value in values.items():

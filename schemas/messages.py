@@ -89,6 +89,60 @@ class AgentStatus(WireModel):
     applied_generation: int = Field(default=0, ge=0, le=MAX_INT, description="last desired-state generation applied")
 
 
+# --- streams and admission control ---------------------------------------------------------
+
+MAX_STREAMS = 64
+StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="stream identifier")]
+
+
+class StreamSpec(WireModel):
+    """One stream an agent is asked to serve (in a desired state)."""
+
+    stream_id: StreamId
+    url: str = Field(min_length=1, max_length=2000, description="video file, camera index or rtsp/http URL")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="frame rate to read at (a cap on a live "
+                              "source, the pace of a file); None = the stream's own rate")
+    deadline_ms: float | None = Field(default=None, gt=0, le=3_600_000, description="end-to-end deadline of each "
+                                      "frame; None = the agent's default")
+    loop: bool = Field(default=False, description="loop a video file (demos, tests)")
+
+
+class AdmissionFigures(WireModel):
+    """Why a stream was admitted or refused: the device profile's prediction for the admitted set."""
+
+    stream_id: StreamId
+    admitted: bool = Field(description="the stream fits beside every stream admitted before it")
+    batch_size: BatchSize | None = Field(description="best batch size for the set (the nearest to fitting when "
+                                         "refused); None when the profile has no batch size at all")
+    predicted_delay_ms: float = Field(ge=0, description="modelled batch delay (pre + infer + post) at batch_size")
+    predicted_latency_ms: float = Field(ge=0, description="worst modelled end-to-end delay of the limiting stream: "
+                                        "batch fill + one batch ahead + the batch itself")
+    utilisation: float = Field(ge=0, description="predicted_delay_ms x total_fps / batch_size / 1000")
+    headroom: float = Field(gt=0, le=1, description="utilisation the set may reach")
+    total_fps: float = Field(ge=0, description="input rate of the set, this stream included")
+    streams: int = Field(ge=0, description="streams in the set, this stream included")
+    limit: Literal["none", "throughput", "deadline", "profile"] = Field(
+        description="what refused it: none (admitted), throughput (no batch size keeps up within the headroom), "
+        "deadline (a stream's deadline fails), profile (no usable profile row)")
+    limiting_stream: str | None = Field(default=None, description="the stream whose deadline is tightest / fails")
+    reason: str = Field(default="", max_length=1000, description="one line a person reads")
+
+
+class StreamState(WireModel):
+    """One stream as the agent serves it now: admitted (read) or parked (not read), with its counts."""
+
+    stream_id: StreamId
+    state: Literal["admitted", "parked", "ended"] = Field(description="admitted: read and served; parked: refused "
+                                                          "or parked on overrun, not read; ended: its source ended")
+    fps: float = Field(ge=0, description="nominal frame rate")
+    deadline_ms: float = Field(gt=0, description="end-to-end deadline of its frames")
+    frames_in: int = Field(ge=0, description="frames accepted since start")
+    frames_out: int = Field(ge=0, description="frames finished since start")
+    dropped: int = Field(ge=0, description="its frames dropped on overload since start")
+    deadline_misses: int = Field(ge=0, description="its frames finished after their deadline since start")
+    reason: str = Field(default="", max_length=1000, description="why it is in this state")
+
+
 # --- telemetry ------------------------------------------------------------------------------
 
 
@@ -147,6 +201,8 @@ class Telemetry(WireModel):
     queue_depths: dict[str, Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(
         max_length=32, description="frames waiting in each stage queue")
     resources: ResourceSample = Field(description="GPU / host memory and utilisation from the probe")
+    streams: list[StreamState] = Field(default_factory=list, max_length=MAX_STREAMS,
+                                       description="per-stream admission state and counts (admission control)")
 
     @field_validator("latency")
     @classmethod
@@ -169,6 +225,10 @@ class DesiredState(WireModel):
     reason: str = Field(default="", max_length=2000, description="why this was decided")
     issued_by: str = Field(default="operator", description="controller id or operator")
     ts: float = Field(default_factory=now_s, description="unix time of the decision")
+    streams: list[StreamSpec] | None = Field(
+        default=None, max_length=MAX_STREAMS,
+        description="the streams this agent should serve, None = keep; streams not listed are removed, new ones "
+        "are admitted only if the device profile says every admitted stream still meets its deadline")
 
 
 EventKind = Literal[
@@ -180,6 +240,12 @@ EventKind = Literal[
     "payload_rejected",
     "source_error",
     "error",
+    # admission control
+    "stream_admitted",
+    "stream_refused",
+    "stream_overrun",
+    "stream_parked",
+    "stream_removed",
 ]
 
 
@@ -190,6 +256,8 @@ class AgentEvent(WireModel):
     generation: int | None = Field(default=None, ge=0, le=MAX_INT, description="desired-state generation concerned")
     detail: str = Field(default="", max_length=4000, description="human-readable explanation")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="e.g. download, load, warmup")
+    admission: AdmissionFigures | None = Field(default=None, description="stream_* events: the admission "
+                                               "figures behind the decision")
 
 
 # --- controller state -----------------------------------------------------------------------
@@ -271,6 +339,8 @@ class RunSummary(WireModel):
     batch_size: BatchSize = Field(description="batch size at the end of the run")
     batches_by_size: dict[int, int] = Field(description="batches run, by target batch size")
     latency: dict[str, LatencyStats] = Field(description="per-stage delay over the whole run")
+    per_stream: list[StreamState] = Field(default_factory=list, max_length=MAX_STREAMS,
+                                          description="per-stream admission state and counts")
 
 
 # --- offline profile (edge-agent profile) ---------------------------------------------------

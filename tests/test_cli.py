@@ -128,3 +128,30 @@ def test_a_backend_whose_runtime_is_missing_is_one_line_and_exit_2(backend: str,
     result = edge_agent("run", "--max-frames", "4", "--backend", backend)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_admits_against_a_profile_file_and_reports_every_stream(tmp_path: Path) -> None:
+    row = dict(realtime_limit_ms=0, margin_ms=0, meets_realtime=True, throughput_fps=1, infer_fps=1,
+               peak_memory_bytes=0, memory_kind="process_rss")
+    # ~15 ms a frame at every size: two 24 fps streams fit (0.72 at b4 with headroom 0.8), three do not.
+    rows = [dict(batch_size=b, pre_ms=b * 0.5, infer_ms=b * 14, post_ms=b * 0.5, total_ms=b * 15, **row)
+            for b in (1, 2, 4)]
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(dict(device="x86_64 CPU x2", backend="onnxruntime", model="m", source="v",
+                                       fps=24, batches_per_size=4, rows=rows)))
+    summary_path = tmp_path / "summary.json"
+    result = edge_agent("run", *["--source", str(VIDEO)] * 4, "--fps", "24", "--max-frames", "24", "--profile",
+                        str(profile), "--summary", str(summary_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stream s0: admitted" in result.stdout and "stream s1: admitted" in result.stdout
+    assert "stream s2: PARKED - refused: 3 stream(s), 72 fps" in result.stdout
+    assert "utilisation 1.08 > headroom 0.80" in result.stdout
+    assert "streams (admission control)" in result.stdout
+    summary = RunSummary.model_validate_json(summary_path.read_text())
+    states = {s.stream_id: s for s in summary.per_stream}
+    assert [states[f"s{i}"].state for i in range(4)] == ["admitted", "admitted", "parked", "parked"]
+    assert states["s3"].frames_in == 0 and states["s0"].frames_in + states["s1"].frames_in == 24
+    assert summary.streams == 2
+
+    bad = edge_agent("run", "--max-frames", "4", "--profile", str(tmp_path / "none.json"))
+    assert bad.returncode == 2 and "--profile" in bad.stderr and "Traceback" not in bad.stderr

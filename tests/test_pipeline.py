@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.errors import SourceError
 from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.sinks import JsonLinesSink
@@ -164,3 +165,46 @@ async def test_engine_rejects_batch_size_it_cannot_serve(engine, decoder, short_
 
     with pytest.raises(SwapError):
         await make(engine, decoder, [short_video], CollectingSink(), batch_size=0)
+
+
+async def test_sources_join_park_resume_and_leave_at_run_time_without_losing_accepted_frames(
+        engine, decoder, short_video) -> None:
+    from edge_agent.sources import VideoSource
+
+    sink = CollectingSink()
+    p = await make(engine, decoder, [short_video], sink, fps=20, batch_size=2, realtime=True, keep_open=True)
+    task = asyncio.create_task(p.run())
+    await p.started.wait()
+    await asyncio.sleep(0.3)
+    joining = VideoSource(str(short_video), "late", fps=20, deadline_ms=5000)
+    await asyncio.to_thread(joining.open)
+    p.add_source(joining)
+    await asyncio.sleep(0.4)
+    assert p.park("late") is joining and [s.stream_id for s in p.parked] == ["late"]
+    await asyncio.sleep(0.2)
+    parked_in = p.stats.streams["late"].frames_in
+    await asyncio.sleep(0.4)
+    assert p.stats.streams["late"].frames_in == parked_in, "a parked stream is not read"
+    assert p.unpark("late") is joining
+    await asyncio.sleep(0.4)
+    assert await p.remove_source("late") is joining
+    assert p.stream_ids() == ["s0"]
+    await asyncio.sleep(0.2)
+    p.stop()
+    summary = await asyncio.wait_for(task, 30)
+    late = [f for f in sink.frames if f.stream_id == "late"]
+    counts = p.stats.streams["late"]
+    assert counts.frames_in > parked_in > 0
+    assert counts.frames_out + counts.dropped == counts.frames_in == len(late) + counts.dropped
+    assert [f.seq for f in late] == list(range(len(late))), "numbering goes on after a pause"
+    assert all(f.deadline - f.t_capture == pytest.approx(5.0) for f in late)
+    assert summary.frames_out + summary.dropped == summary.frames_in
+    with pytest.raises(SourceError):
+        p.add_source(joining)  # closed, and the pipeline has ended
+
+
+async def test_a_stream_id_in_use_is_refused(engine, decoder, short_video) -> None:
+    sources = await open_sources([str(short_video)])
+    p = Pipeline(sources, engine, decoder, PipelineConfig())
+    with pytest.raises(SourceError):
+        p.add_source(sources[0])
