@@ -114,13 +114,15 @@ class AdmissionFigures(WireModel):
     admitted: bool = Field(description="the stream fits beside every stream admitted before it")
     batch_size: BatchSize | None = Field(description="best batch size for the set (the nearest to fitting when "
                                          "refused); None when the profile has no batch size at all")
-    predicted_delay_ms: float = Field(ge=0, description="modelled batch delay (pre + infer + post) at batch_size")
-    predicted_latency_ms: float = Field(ge=0, description="worst modelled end-to-end delay of the limiting stream: "
+    predicted_delay_ms: float = Field(ge=0, le=MAX_FLOAT,
+                                      description="modelled batch delay (pre + infer + post) at batch_size")
+    predicted_latency_ms: float = Field(ge=0, le=MAX_FLOAT,
+                                        description="worst modelled end-to-end delay of the limiting stream: "
                                         "batch fill + one batch ahead + the batch itself")
-    utilisation: float = Field(ge=0, description="predicted_delay_ms x total_fps / batch_size / 1000")
+    utilisation: float = Field(ge=0, le=MAX_FLOAT, description="predicted_delay_ms x total_fps / batch_size / 1000")
     headroom: float = Field(gt=0, le=1, description="utilisation the set may reach")
-    total_fps: float = Field(ge=0, description="input rate of the set, this stream included")
-    streams: int = Field(ge=0, description="streams in the set, this stream included")
+    total_fps: float = Field(ge=0, le=MAX_FLOAT, description="input rate of the set, this stream included")
+    streams: int = Field(ge=0, le=MAX_INT, description="streams in the set, this stream included")
     limit: Literal["none", "throughput", "deadline", "profile"] = Field(
         description="what refused it: none (admitted), throughput (no batch size keeps up within the headroom), "
         "deadline (a stream's deadline fails), profile (no usable profile row)")
@@ -134,12 +136,12 @@ class StreamState(WireModel):
     stream_id: StreamId
     state: Literal["admitted", "parked", "ended"] = Field(description="admitted: read and served; parked: refused "
                                                           "or parked on overrun, not read; ended: its source ended")
-    fps: float = Field(ge=0, description="nominal frame rate")
-    deadline_ms: float = Field(gt=0, description="end-to-end deadline of its frames")
-    frames_in: int = Field(ge=0, description="frames accepted since start")
-    frames_out: int = Field(ge=0, description="frames finished since start")
-    dropped: int = Field(ge=0, description="its frames dropped on overload since start")
-    deadline_misses: int = Field(ge=0, description="its frames finished after their deadline since start")
+    fps: float = Field(ge=0, le=MAX_FLOAT, description="nominal frame rate")
+    deadline_ms: float = Field(gt=0, le=MAX_FLOAT, description="end-to-end deadline of its frames")
+    frames_in: int = Field(ge=0, le=MAX_INT, description="frames accepted since start")
+    frames_out: int = Field(ge=0, le=MAX_INT, description="frames finished since start")
+    dropped: int = Field(ge=0, le=MAX_INT, description="its frames dropped on overload since start")
+    deadline_misses: int = Field(ge=0, le=MAX_INT, description="its frames finished after their deadline since start")
     reason: str = Field(default="", max_length=1000, description="why it is in this state")
 
 
