@@ -95,6 +95,9 @@ class MqttBus:
     on_connect: Callable[[], Awaitable[None]] | None = None
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
+    # Messages received but not yet handled; beyond it aiomqtt drops (QoS 0 telemetry under a flood).
+    # A busy controller raises it: each held message costs about its payload (~1.5 KB of telemetry).
+    max_queued_incoming: int = 10_000
     counters: BusCounters = field(default_factory=BusCounters)
 
     def __post_init__(self) -> None:
@@ -121,7 +124,7 @@ class MqttBus:
             keepalive=s.keepalive_s,
             timeout=s.timeout_s,
             tls_context=tls_context,
-            max_queued_incoming_messages=10_000,
+            max_queued_incoming_messages=self.max_queued_incoming,
         )
 
     async def run(self, handler: MessageHandler) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from cloud_controller.policies.base import NO_LIMITS, AgentLimits, Decision, PolicySpec, check_ladder
 from schemas import PolicyState, Telemetry
 
@@ -46,6 +44,7 @@ class _AgentProfile:
     refused: set[int] = field(default_factory=set)
     candidate: int | None = None
     candidate_windows: int = 0
+    fit: tuple[float, float] | None = None  # (fixed, per_item) over delay_ms; None: refit when needed
 
 
 class DeadlinePolicy:
@@ -75,6 +74,7 @@ class DeadlinePolicy:
         profile = self.profiles.setdefault(state.agent_id, _AgentProfile())
         for size, delay in state.delay_ms_by_batch.items():
             profile.delay_ms.setdefault(size, delay)  # what this replica measured itself wins
+        profile.fit = None
         profile.refused.update(state.refused_batch_sizes)
 
     def forget(self, agent_id: str) -> None:
@@ -86,9 +86,9 @@ class DeadlinePolicy:
             return known[size]
         if len(known) >= 2:
             # delay = fixed + per_item x n, fitted to what was measured (the batch amortises the fixed part)
-            sizes = np.array(sorted(known), dtype=float)
-            delays = np.array([known[int(s)] for s in sizes])
-            per_item, fixed = np.polyfit(sizes, delays, 1)
+            if profile.fit is None:
+                profile.fit = _line_fit(known)
+            fixed, per_item = profile.fit
             return float(max(0.0, fixed) + max(0.0, per_item) * size)
         # One point: proportional, pessimistic on a GPU, about right on a CPU.
         (only,) = known
@@ -102,13 +102,17 @@ class DeadlinePolicy:
 
     def decide(self, telemetry: Telemetry, limits: AgentLimits = NO_LIMITS) -> Decision | None:
         cfg = self.config
-        if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
-            return None
+        batch = telemetry.latency.get("batch")
+        if telemetry.source_fps_total <= 0 or batch is None or batch.count == 0:
+            return None  # nothing measured (or an agent that does not report the batch delay)
         profile = self.profiles.setdefault(telemetry.agent_id, _AgentProfile())
         n = telemetry.batch_size
-        measured = telemetry.latency["batch"].mean_ms
+        measured = batch.mean_ms
         old = profile.delay_ms.get(n)
-        profile.delay_ms[n] = measured if old is None else old + cfg.ewma * (measured - old)
+        new = measured if old is None else old + cfg.ewma * (measured - old)
+        if new != old:
+            profile.delay_ms[n] = new
+            profile.fit = None
         interval = 1000.0 / telemetry.source_fps_total
         now = self.clock()
         memory = telemetry.resources.memory_used_ratio
@@ -171,6 +175,17 @@ class DeadlinePolicy:
             return None
         return Decision(best, f"overloaded at every size (input {1000.0 / interval:.1f} fps): batch {best} serves "
                         f"{fps(best):.1f} fps vs {fps(n):.1f} fps at batch {n}", figures)
+
+
+def _line_fit(points: dict[int, float]) -> tuple[float, float]:
+    """Least-squares line through (batch size, delay): (intercept, slope), as numpy.polyfit(deg=1)
+    gives, in plain Python: a handful of points, refitted only when a delay changes."""
+    n = len(points)
+    mean_x = sum(points) / n
+    mean_y = sum(points.values()) / n
+    sxx = sum((x - mean_x) ** 2 for x in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / sxx if sxx else 0.0
+    return mean_y - slope * mean_x, slope
 
 
 SPEC = PolicySpec(KEY, DeadlineConfig, DeadlinePolicy,
