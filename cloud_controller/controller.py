@@ -385,8 +385,10 @@ class Controller:
                 if published and not m.announced:
                     m.announced = True
                     self._own_beat_at = time.monotonic()
+                # Our beats stopped coming back: hold nothing before the others could take over
+                # (they would, miss_beats + grace_beats after our last beat reached them).
                 late = time.monotonic() - self._own_beat_at
-                if m.announced and late > (m.miss_beats + 1) * self.heartbeat_s and m.cut_off():
+                if m.announced and late > (m.miss_beats + m.grace_beats - 1) * self.heartbeat_s and m.cut_off():
                     self._on_view_change()
                 n += 1
                 if n % sweep_every == 0:
