@@ -123,6 +123,7 @@ class Controller:
         self._own_beat_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clash: asyncio.Future[None] | None = None
+        self._leaving = False
         t = self.topics
         telemetry = t.all_agents("telemetry")
         self.bus = MqttBus(
@@ -167,7 +168,7 @@ class Controller:
                 log.warning("dropped telemetry from %s: %s", agent_id, exc)
                 return
             if telemetry.agent_id == agent_id and agent_id not in self.owned:
-                self._take_over(agent_id)
+                self._take_over(agent_id, telemetry)
             await self.on_telemetry(agent_id, telemetry)
             return
         try:
@@ -242,6 +243,8 @@ class Controller:
         return self.ownership == "single" or agent_id in self.owned
 
     def may_handle(self, agent_id: str) -> bool:
+        if self._leaving:
+            return False
         if agent_id in self.owned or self.ownership != "hrw":
             return True  # owned is pruned at every change of the live set; the other modes own what they get
         return self.membership.stable and self._owner(agent_id) == self.controller_id
@@ -268,11 +271,11 @@ class Controller:
         log.info("controller %s: live replicas %s (epoch %d); holding %d agents", self.controller_id,
                  ", ".join(m.live) or "none", m.epoch, len(self.owned))
 
-    def _take_over(self, agent_id: str) -> None:
+    def _take_over(self, agent_id: str, latest: Telemetry) -> None:
         self.owned.add(agent_id)
         self.counters.takeovers += 1
         view = self.view(agent_id)
-        view.adopt_pending()
+        view.adopt_pending(latest)
         source = "no profile"
         payload = self._profiles.get(agent_id)
         if payload is not None:
@@ -424,6 +427,7 @@ class Controller:
     async def goodbye(self, timeout_s: float = 3.0) -> None:
         """Leave cleanly (a clean disconnect fires no last will): hand over every profile and tell the
         other replicas at once, so they take the agents over without waiting out missed heartbeats."""
+        self._leaving = True
         self._release_all()
         pending = list(self._tasks)
         if self.bus.connected.is_set():

@@ -34,12 +34,11 @@ class AgentView:
         seen = self.telemetry.applied_generation if self.telemetry else 0
         return max(self.desired_generation, applied, seen) + 1
 
-    def adopt_pending(self) -> None:
+    def adopt_pending(self, latest: Telemetry) -> None:
         """Taking the agent over from another replica: an order it gave that the agent has not applied
-        yet is pending here too, so the cool-down holds until the agent reports it applied."""
-        d, t = self.last_desired, self.telemetry
-        applied = max(t.applied_generation if t else 0, self.status.applied_generation if self.status else 0)
-        if d is not None and d.batch_size is not None and d.generation > applied:
+        yet (by the ``latest`` telemetry) is pending here too, so the cool-down holds until it is."""
+        d = self.last_desired
+        if d is not None and d.batch_size is not None and d.generation > latest.applied_generation:
             self.pending = PendingChange(d.generation, d.batch_size)
 
     def settled(self, t: Telemetry) -> bool:
