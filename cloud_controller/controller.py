@@ -64,6 +64,7 @@ EventListener = Callable[[AgentEvent], None]
 OwnershipMode = Literal["hrw", "shared-hash", "single"]
 OWNERSHIP_MODES: tuple[OwnershipMode, ...] = ("hrw", "shared-hash", "single")
 
+SHARED_HASH_RELEASE_S = 30.0  # shared-hash: an agent whose telemetry stopped coming here is given up
 PROFILE_CHANGE = 0.05  # a learned delay must move by more than this share to be worth republishing
 
 
@@ -124,6 +125,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clash: asyncio.Future[None] | None = None
         self._leaving = False
+        self._last_window: dict[str, float] = {}  # shared-hash: when each held agent's telemetry last came
         t = self.topics
         telemetry = t.all_agents("telemetry")
         self.bus = MqttBus(
@@ -169,6 +171,8 @@ class Controller:
                 return
             if telemetry.agent_id == agent_id and agent_id not in self.owned:
                 self._take_over(agent_id, telemetry)
+            if self.ownership == "shared-hash":
+                self._last_window[agent_id] = time.monotonic()
             await self.on_telemetry(agent_id, telemetry)
             return
         try:
@@ -396,7 +400,18 @@ class Controller:
                 n += 1
                 if n % sweep_every == 0:
                     self.expire_views()
+                if self.ownership == "shared-hash":
+                    self._release_unrouted()
                 await asyncio.sleep(self.heartbeat_s)
+
+    def _release_unrouted(self) -> None:
+        """shared-hash: the broker decides who gets an agent; one whose telemetry stopped coming here
+        for 30 s was moved to another member (or went away): give it up. No windows reach this replica
+        for it any more, so it decides nothing for it meanwhile."""
+        cutoff = time.monotonic() - SHARED_HASH_RELEASE_S
+        for agent_id in [a for a in self.owned if self._last_window.get(a, 0.0) < cutoff]:
+            self._release(agent_id)
+            self._last_window.pop(agent_id, None)
 
     def expire_views(self, now: float | None = None) -> int:
         """Forget agents not heard of for ``view_ttl_s`` that are offline (or never came online), and
