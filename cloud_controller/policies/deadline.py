@@ -120,26 +120,26 @@ class DeadlinePolicy:
         if not current_ok:
             profile.banned_until[n] = now + cfg.ban_s
         largest_known = max(profile.delay_ms)
+        next_rung = next((s for s in cfg.ladder if s > largest_known), None)
         best = None
         for size in cfg.ladder:
+            if size > largest_known and size != next_rung:
+                break  # explore at most one rung beyond what has been measured (the ladder is sorted)
             if not limits.allows(size) or size in profile.refused:
                 continue
-            if profile.banned_until.get(size, 0) > now:
+            if profile.banned_until and profile.banned_until.get(size, 0) > now:
                 continue
-            if size > largest_known and size != min((s for s in cfg.ladder if s > largest_known), default=size):
-                continue  # explore at most one rung beyond what has been measured
             if size > n and memory >= cfg.memory_threshold:
                 continue
-            ok, _, _ = self.feasible(profile, size, interval)
-            if ok:
+            if self.feasible(profile, size, interval)[0]:
                 best = size
+        if best == n:  # the usual answer in a steady fleet: nothing to build, nothing to say
+            profile.candidate, profile.candidate_windows = None, 0
+            return None
         figures = {"batch_size": n, "batch_delay_ms": round(delay_n, 2), "e2e_pred_ms": round(e2e_n, 2),
                    "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
         if best is None:
             return self._overloaded(profile, n, interval, memory, figures)
-        if best == n:
-            profile.candidate, profile.candidate_windows = None, 0
-            return None
         if current_ok:  # hysteresis: a move that is not forced must be wanted for a while
             if profile.candidate != best:
                 profile.candidate, profile.candidate_windows = best, 0
