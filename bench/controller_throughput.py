@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -75,40 +76,51 @@ def publisher(url: str, prefix: str, agents: int, messages: int, result: Connect
     asyncio.run(run())
 
 
-def bare_subscriber(url: str, topic_filter: str, ready: Connection, result: Connection) -> None:
-    """A plain aiomqtt client that only counts: what any consumer of this flood could get."""
+def bare_subscriber(url: str, topic_filter: str, ready: Connection, go: Connection | None,
+                    result: Connection) -> None:
+    """A plain aiomqtt client that only counts: what any consumer of this flood could get. With ``go``,
+    it subscribes, then stops reading (its event loop waits on the pipe) until told to drain."""
     import aiomqtt  # only here: the bench's yardstick, not the product's MQTT path
 
     async def run() -> None:
         settings = BrokerSettings.from_url(url)
-        count, first, last = 0, 0.0, 0.0
-        async with aiomqtt.Client(settings.host, settings.port, identifier="bench-bare",
-                                  protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=50_000) as client:
+        count, first, last, cpu_first = 0, 0.0, 0.0, 0.0
+        async with aiomqtt.Client(settings.host, settings.port, identifier="bench-bare", keepalive=120,
+                                  protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=100_000) as client:
             await client.subscribe(topic_filter)
             ready.send(True)
+            if go is not None:
+                go.recv()  # blocks the event loop: the flood waits in the broker's queue for this client
             with contextlib.suppress(TimeoutError):
                 while True:
                     async with asyncio.timeout(3.0 if count else 60.0):  # the flood is over: 3 s of silence
                         await anext(client.messages)
                     last = time.perf_counter()
                     if not count:
-                        first = last
+                        first, cpu_first = last, time.process_time()
                     count += 1
-        result.send({"received": count, "seconds": last - first})
+                    cpu_last = time.process_time()
+        result.send({"received": count, "seconds": last - first, "cpu_s": cpu_last - cpu_first})
 
     asyncio.run(run())
 
 
-async def throughput(url: str, agents: int, messages: int, bare: bool = True) -> dict[str, object]:
+async def throughput(url: str, agents: int, messages: int, bare: bool = True,
+                     backlog: bool = True) -> dict[str, object]:
+    """``backlog``: both consumers stop reading while the publisher floods (the broker queues it for
+    them), then drain it side by side: their own capacity, not the publisher's pace. Otherwise they
+    read while the publisher publishes."""
     prefix = "benchtp"
     topics = Topics(prefix)
     # ownership="single": every message takes the full path (decode, view, policy). Under "hrw" an
     # owned agent costs the same (one set lookup more); but a replica whose own heartbeats come back
     # late behind a flood this deep stops deciding until it has caught up, which would flatter the figure.
-    controller = Controller(BrokerSettings.from_url(url), DeadlinePolicy(), prefix=prefix, controller_id="bench-ctl",
-                            ownership="single")
+    settings = dataclasses.replace(BrokerSettings.from_url(url), keepalive_s=120)  # survives the paused reads
+    controller = Controller(settings, DeadlinePolicy(), prefix=prefix, controller_id="bench-ctl", ownership="single",
+                            max_queued_incoming=100_000)
     first: list[float] = []
     last = [0.0]
+    cpu = [0.0, 0.0]  # this process's CPU time at the first and the last message: robust on a shared machine
     handle = controller.handle
 
     async def timed(message):  # type: ignore[no-untyped-def]
@@ -118,23 +130,32 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True) ->
         now = time.perf_counter()
         if not first:
             first.append(now)
+            cpu[0] = time.process_time()
         await handle(message)
         last[0] = time.perf_counter()
+        cpu[1] = time.process_time()
 
     controller.handle = timed  # type: ignore[method-assign]
     task = asyncio.create_task(controller.run())
     await controller.bus.wait_connected(10)
+    await asyncio.sleep(0.5)  # subscriptions acknowledged, retained state read
     spawn = mp.get_context("spawn")
-    bare_result, bare_proc = None, None
+    bare_result, bare_proc, go_w = None, None, None
     if bare:
         ready_r, ready_w = spawn.Pipe(duplex=False)
         bare_result, bare_w = spawn.Pipe(duplex=False)
-        bare_proc = spawn.Process(target=bare_subscriber, args=(url, topics.all_agents("telemetry"), ready_w, bare_w))
+        go_r, go_w = spawn.Pipe(duplex=False) if backlog else (None, None)
+        bare_proc = spawn.Process(target=bare_subscriber,
+                                  args=(url, topics.all_agents("telemetry"), ready_w, go_r, bare_w))
         bare_proc.start()
         await asyncio.to_thread(ready_r.recv)
     pub_result, pub_w = spawn.Pipe(duplex=False)
     proc = spawn.Process(target=publisher, args=(url, prefix, agents, messages, pub_w))
     proc.start()
+    if backlog:
+        proc.join()  # blocks this event loop: the controller reads nothing until the flood is queued
+        if go_w is not None:
+            go_w.send(True)
     while proc.is_alive() or (bare_proc is not None and bare_proc.is_alive()):
         await asyncio.sleep(0.1)
     seen = -1.0
@@ -150,11 +171,13 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True) ->
     out: dict[str, object] = {
         "agents": agents,
         "flood": messages,
+        "mode": "drain a queued flood" if backlog else "read while it is published",
         "publisher_msgs_per_s": round(pub["published"] / pub["publish_s"], 1),
         "controller": {
             "handled": handled,
             "lost": messages - handled,  # QoS 0: broker or client queue overflow
             "msgs_per_s": round(handled / max(1e-9, last[0] - first[0]), 1) if first else 0.0,
+            "msgs_per_cpu_s": round(handled / max(1e-9, cpu[1] - cpu[0]), 1),
             "decided_on": c.telemetry,
             "orders": c.decisions,
         },
@@ -162,7 +185,8 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True) ->
     if bare_result is not None:
         b = bare_result.recv()
         out["bare_subscriber"] = {"received": b["received"], "lost": messages - b["received"],
-                                  "msgs_per_s": round(b["received"] / max(1e-9, b["seconds"]), 1)}
+                                  "msgs_per_s": round(b["received"] / max(1e-9, b["seconds"]), 1),
+                                  "msgs_per_cpu_s": round(b["received"] / max(1e-9, b["cpu_s"]), 1)}
     return out
 
 
@@ -220,7 +244,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {"machine": f"{platform.machine()} {psutil.cpu_count()} cores, load average "
                               f"{os.getloadavg()[0]:.1f}", "broker_options": args.broker_option}
     with LocalBroker(persistence=False, extra_config="".join(f"{line}\n" for line in args.broker_option)) as broker:
-        out["throughput"] = await throughput(broker.url, args.agents, args.messages, bare=not args.no_bare)
+        out["throughput"] = await throughput(broker.url, args.agents, args.messages, bare=not args.no_bare,
+                                             backlog=not args.live)
         if args.switches:
             out["decision_to_effect"] = await decision_to_effect(broker.url, args.switches)
     return out
@@ -235,6 +260,9 @@ def main() -> None:
                         help="a mosquitto.conf line for the bench broker (default, as in compose/: "
                         f"{BROKER_OPTIONS}; 'max_queued_messages 1000' is mosquitto's own default)")
     parser.add_argument("--no-bare", action="store_true", help="no bare subscriber beside the controller")
+    parser.add_argument("--live", action="store_true",
+                        help="read while the publisher publishes (default: drain a queued flood, so the "
+                        "figure is the consumer's, not the publisher's pace)")
     args = parser.parse_args()
     args.broker_option = args.broker_option or BROKER_OPTIONS
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
