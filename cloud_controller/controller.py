@@ -1,6 +1,6 @@
 """The controller: telemetry in, policy, desired state out (retained); replicas split the fleet by agent.
 
-Replicas (``ownership="hrw"``, the default): every replica reads every agent's telemetry on a plain
+Replicas (``ownership="hrw"``, what ``cloud-controller`` runs): every replica reads every agent's telemetry on a plain
 subscription, and handles only the agents it owns: ``ownership.owner(agent, live replicas)``, the
 live set coming from the replicas' heartbeats (``replicas.Membership``). The owner test is string
 work on the topic and a memoised hash, done *before* the payload is decoded, so a replica spends
@@ -17,8 +17,8 @@ death or restart of the replica that learned it.
 
 ``ownership="shared-hash"``: telemetry through an MQTT v5 shared subscription, every agent received
 is owned. Only correct on a broker that shares by topic hash (EMQX ``hash_topic``), never on
-mosquitto, which shares message by message. ``ownership="single"``: this process owns every agent
-(one controller, or a test driving it in-process).
+mosquitto, which shares message by message. ``ownership="single"`` (the constructor's default, for
+code that embeds one controller: the demo, tests, simulators): this process owns every agent.
 
 Replica ids must be unique: a second live instance with an id in use refuses to run
 (``ReplicaIdClash``); the MQTT client id is the replica id plus a random nonce, so the broker never
@@ -93,7 +93,7 @@ class Controller:
         controller_id: str = "controller-1",
         share_group: str = "edgebatch-controllers",
         *,
-        ownership: OwnershipMode = "hrw",
+        ownership: OwnershipMode = "single",
         heartbeat_s: float = 1.0,
         miss_beats: int = 3,
         grace_beats: int = 4,

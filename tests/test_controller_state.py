@@ -30,7 +30,7 @@ def beat(c: Controller, times: int) -> None:
 
 
 async def test_telemetry_of_agents_it_does_not_own_is_skipped_before_decoding() -> None:
-    c = controller()
+    c = controller(ownership="hrw")
     await c.handle(IncomingMessage(T.telemetry("cam1"), b"{not json", False))
     assert c.counters.not_owned == 1 and c.counters.rejected == 0 and not c.agents
     beat(c, 5)  # alone and stable: it owns every agent
@@ -81,7 +81,7 @@ async def test_telemetry_without_batch_or_e2e_latency_does_not_break_the_views()
 
 
 def test_views_of_agents_that_went_away_expire() -> None:
-    c = controller(view_ttl_s=60)
+    c = controller(ownership="hrw", view_ttl_s=60)
     c.on_status("gone", AgentStatus(agent_id="gone", state="offline"))
     c.on_desired("never-online", DesiredState(agent_id="never-online", generation=1, batch_size=2))
     c.on_status("here", AgentStatus(agent_id="here", state="online"))
