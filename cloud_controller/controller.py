@@ -160,6 +160,8 @@ class Controller:
     async def handle(self, message: IncomingMessage) -> None:
         agent_id = self.topics.telemetry_agent_id(message.topic)
         if agent_id is not None:  # the hot path: decide on ownership before decoding anything
+            if not message.payload:
+                return
             if not self.may_handle(agent_id):
                 self.counters.not_owned += 1
                 return
@@ -458,7 +460,7 @@ class Controller:
         lines = []
         for v in sorted(self.agents.values(), key=lambda a: a.agent_id):
             t = v.telemetry
-            figures = "no telemetry here" + ("" if self.owns(v.agent_id) else " (another replica's agent)")
+            figures = "no telemetry yet" if self.owns(v.agent_id) else "figures with the replica that owns it"
             if t is not None:
                 batch = t.latency.get("batch")
                 delay = f"batch delay {batch.mean_ms:.0f} ms" if batch is not None else "no batch delay"
