@@ -5,7 +5,11 @@
    decodes, tracks and runs the policy on each message (the agents sit at their right batch size,
    so every window is settled and decided on, as in a steady fleet). In the same run a bare
    aiomqtt subscriber in its own process counts the same flood: the ceiling of this broker, client
-   library and machine. Prints both rates, the flood size and what each lost.
+   library and machine. By default both stop reading while the flood is published (the broker
+   queues it: compose's max_queued_messages), then drain it side by side, so the figure is the
+   consumer's and not the publisher's pace (``--live``: read while it is published). Prints, for
+   each, messages per second (wall clock, from its first message to its last), messages per
+   CPU-second of its own process (steadier on a shared machine), and what it lost.
 2. Decision-to-effect: an agent on the sample video (real-time) is ordered to switch batch size
    back and forth; prints the time from the decision's timestamp to the first batch at the new size.
 """

@@ -105,6 +105,9 @@ def fleet_page(controller: Controller) -> str:
         f"<h1>edgebatch fleet</h1><p>policy <b>{html.escape(controller.policy.name)}</b>, "
         f"{controller.counters.telemetry} telemetry messages, {controller.counters.decisions} decisions, "
         f"updated {time.strftime('%H:%M:%S')}</p>"
+        f"<p>replica <b>{html.escape(controller.controller_id)}</b> ({controller.ownership}) of "
+        f"{html.escape(', '.join(controller.membership.live) or 'none yet')}; deciding for "
+        f"{len(controller.owned)} agents (figures are shown where they are decided)</p>"
         f"<table><tr>{head}</tr>{''.join(rows) or '<tr><td colspan=10>no agents yet</td></tr>'}</table>"
         "</body></html>"
     )
