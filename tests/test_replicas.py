@@ -204,3 +204,30 @@ async def test_a_second_replica_with_an_id_in_use_refuses_to_run(broker, prefix,
     finally:
         first.terminate()
         first.wait(10)
+
+
+async def test_shared_hash_mode_owns_what_the_broker_routes_to_it(broker, prefix) -> None:
+    """--ownership shared-hash reads telemetry through $share (meant for EMQX's hash_topic strategy);
+    on its own in the group it gets, and owns, every agent."""
+    from cloud_controller.controller import Controller
+    from cloud_controller.policies import DeadlinePolicy
+
+    topics = Topics(prefix)
+    controller = Controller(BrokerSettings.from_url(broker.url), DeadlinePolicy(), prefix=prefix,
+                            controller_id="ctl-s", ownership="shared-hash", share_group=f"g-{prefix}")
+    assert controller.bus.subscriptions[0].topic_filter == f"$share/g-{prefix}/{prefix}/agents/+/telemetry"
+    task = asyncio.create_task(controller.run())
+    try:
+        async with observing(broker.url, f"{prefix}/agents/+/desired") as obs:
+            await controller.bus.wait_connected(10)
+            await asyncio.sleep(0.3)
+            for seq in range(1, 4):
+                t = telemetry(1, 33.0, fps=FPS).model_copy(update={"agent_id": "cam1", "seq": seq})
+                await obs.publish(topics.telemetry("cam1"), encode(t), qos=0)
+            await eventually(lambda: obs.on(topics.desired("cam1")), 10, "an order")
+        assert controller.owned == {"cam1"} and controller.counters.telemetry >= 1
+        assert decode(DesiredState, obs.on(topics.desired("cam1"))[0]).issued_by == "ctl-s"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
