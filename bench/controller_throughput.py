@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from cloud_controller.cli import tune_gc
 from cloud_controller.controller import Controller
 from cloud_controller.policies import DeadlinePolicy
 from mqtt_bus import BrokerSettings, MqttBus, Subscription
@@ -182,6 +184,7 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True,
             "lost": messages - handled,  # QoS 0: broker or client queue overflow
             "msgs_per_s": round(handled / max(1e-9, last[0] - first[0]), 1) if first else 0.0,
             "msgs_per_cpu_s": round(handled / max(1e-9, cpu[1] - cpu[0]), 1),
+            "gc": f"thresholds {gc.get_threshold()}, start-up frozen (as cloud-controller)",
             "decided_on": c.telemetry,
             "orders": c.decisions,
         },
@@ -189,6 +192,7 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True,
     if bare_result is not None:
         b = bare_result.recv()
         out["bare_subscriber"] = {"received": b["received"], "lost": messages - b["received"],
+                                  "gc": "CPython defaults (700, 10, 10)",
                                   "msgs_per_s": round(b["received"] / max(1e-9, b["seconds"]), 1),
                                   "msgs_per_cpu_s": round(b["received"] / max(1e-9, b["cpu_s"]), 1)}
     return out
@@ -247,6 +251,7 @@ async def decision_to_effect(url: str, switches: int) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {"machine": f"{platform.machine()} {psutil.cpu_count()} cores, load average "
                               f"{os.getloadavg()[0]:.1f}", "broker_options": args.broker_option}
+    tune_gc()  # as cloud-controller does
     with LocalBroker(persistence=False, extra_config="".join(f"{line}\n" for line in args.broker_option)) as broker:
         out["throughput"] = await throughput(broker.url, args.agents, args.messages, bare=not args.no_bare,
                                              backlog=not args.live)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -16,6 +17,19 @@ from cloud_controller.replicas import ReplicaIdClash
 from mqtt_bus import BrokerSettings
 
 log = logging.getLogger("cloud_controller")
+
+
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often. A controller under a telemetry flood holds thousands of
+    messages in its queue, and with CPython's default thresholds (700, 10, 10) the collector keeps
+    re-scanning them: measured with bench/controller_throughput.py, a third to a half of the process's
+    CPU time went to it. Nearly all of its garbage is freed by reference counting anyway; what the
+    start-up made is frozen out of the scans."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cloud-controller: error: {exc}", file=sys.stderr)
         return 2
+    tune_gc()
     return asyncio.run(serve(args))
 
 
