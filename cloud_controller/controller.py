@@ -1,21 +1,55 @@
-"""The controller: telemetry in (shared subscription), policy, desired state out (retained)."""
+"""The controller: telemetry in, policy, desired state out (retained); replicas split the fleet by agent.
+
+Replicas (``ownership="hrw"``, what ``cloud-controller`` runs): every replica reads every agent's telemetry on a plain
+subscription, and handles only the agents it owns: ``ownership.owner(agent, live replicas)``, the
+live set coming from the replicas' heartbeats (``replicas.Membership``). The owner test is string
+work on the topic and a memoised hash, done *before* the payload is decoded, so a replica spends
+almost nothing on the others' agents. An agent is taken over only while the membership view is
+stable (longer than a heartbeat may be late) and given up the moment the view says it is someone
+else's: no agent is ordered by two replicas at once, and a dead replica's agents are picked up
+about ``grace_beats`` heartbeats after its last will. Orders carry ``issued_by``.
+
+What the policy learned about an agent (``PolicyState``) is published retained on
+``{p}/agents/{id}/profile`` by the owner when it changes (at most every ``profile_interval_s`` per
+agent, and once more when it gives the agent up); every replica keeps the latest payload of each, and
+the one that takes an agent over imports it before its first decision. So a profile survives the
+death or restart of the replica that learned it.
+
+``ownership="shared-hash"``: telemetry through an MQTT v5 shared subscription, every agent received
+is owned. Only correct on a broker that shares by topic hash (EMQX ``hash_topic``), never on
+mosquitto, which shares message by message. ``ownership="single"`` (the constructor's default, for
+code that embeds one controller: the demo, tests, simulators): this process owns every agent.
+
+Replica ids must be unique: a second live instance with an id in use refuses to run
+(``ReplicaIdClash``); the MQTT client id is the replica id plus a random nonce, so the broker never
+silently kicks one instance for the other.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, Literal
 
+from cloud_controller.ownership import OwnerMap
 from cloud_controller.policies import BatchPolicy, Decision
+from cloud_controller.replicas import Membership, ReplicaIdClash
 from cloud_controller.view import AgentView, PendingChange
-from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription
+from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
+    MAX_PAYLOAD_BYTES,
     AgentEvent,
     AgentStatus,
     AgentTopic,
+    ControllerAlive,
+    ControllerTopic,
     DesiredState,
     PayloadError,
+    PolicyState,
     Telemetry,
     TopicError,
     Topics,
@@ -27,6 +61,11 @@ log = logging.getLogger(__name__)
 
 DecisionListener = Callable[[AgentView, DesiredState, Decision], None]
 EventListener = Callable[[AgentEvent], None]
+OwnershipMode = Literal["hrw", "shared-hash", "single"]
+OWNERSHIP_MODES: tuple[OwnershipMode, ...] = ("hrw", "shared-hash", "single")
+
+SHARED_HASH_RELEASE_S = 30.0  # shared-hash: an agent whose telemetry stopped coming here is given up
+PROFILE_CHANGE = 0.05  # a learned delay must move by more than this share to be worth republishing
 
 
 @dataclass
@@ -37,6 +76,12 @@ class ControllerCounters:
     rejected: int = 0
     decisions: int = 0
     publish_failed: int = 0
+    not_owned: int = 0  # telemetry of agents another replica owns: skipped before decoding
+    takeovers: int = 0
+    releases: int = 0
+    profiles_imported: int = 0
+    profiles_published: int = 0
+    views_expired: int = 0
 
 
 class Controller:
@@ -47,52 +92,110 @@ class Controller:
         prefix: str = "edgebatch",
         controller_id: str = "controller-1",
         share_group: str = "edgebatch-controllers",
+        *,
+        ownership: OwnershipMode = "single",
+        heartbeat_s: float = 1.0,
+        miss_beats: int = 3,
+        grace_beats: int = 4,
+        profile_interval_s: float = 2.0,
+        view_ttl_s: float = 300.0,
+        max_queued_incoming: int = 50_000,
     ) -> None:
+        if ownership not in OWNERSHIP_MODES:
+            raise ValueError(f"ownership {ownership!r} must be one of {', '.join(OWNERSHIP_MODES)}")
         self.topics = Topics(prefix)
         self.policy = policy
         self.controller_id = controller_id
+        self.ownership: OwnershipMode = ownership
+        self.heartbeat_s = heartbeat_s
+        self.profile_interval_s = profile_interval_s
+        self.view_ttl_s = view_ttl_s
         self.agents: dict[str, AgentView] = {}
         self.counters = ControllerCounters()
         self.decision_listeners: list[DecisionListener] = []
         self.event_listeners: list[EventListener] = []
+        self.nonce = secrets.token_hex(8)
+        self.started = time.time()
+        self.membership = Membership(controller_id, self.nonce, self.started, miss_beats, grace_beats)
+        self.owned: set[str] = set()  # agents this replica decides for, now
+        self._owner = OwnerMap(())
+        self._profiles: dict[str, bytes] = {}  # latest retained profile payload of every agent, undecoded
+        self._profile_sent: dict[str, tuple[float, PolicyState | None]] = {}
+        self._own_beat_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._clash: asyncio.Future[None] | None = None
+        self._leaving = False
+        self._last_window: dict[str, float] = {}  # shared-hash: when each held agent's telemetry last came
         t = self.topics
+        telemetry = t.all_agents("telemetry")
         self.bus = MqttBus(
             broker,
-            client_id=controller_id,
+            client_id=f"{controller_id}-{self.nonce}",  # unique: the broker never kicks a namesake
             subscriptions=[
-                # Telemetry is split among controller replicas; state topics are retained, and
-                # retained messages are never delivered on shared subscriptions, so every replica
-                # reads those in full.
-                Subscription(t.shared(share_group, t.all_agents("telemetry")), qos=0),
+                Subscription(t.shared(share_group, telemetry) if ownership == "shared-hash" else telemetry, qos=0),
                 Subscription(t.all_agents("status"), qos=1),
                 Subscription(t.all_agents("desired"), qos=1),
                 Subscription(t.all_agents("events"), qos=1),
+                Subscription(t.all_agents("profile"), qos=1),
+                Subscription(t.all_controllers_alive(), qos=1),
             ],
+            will=WillMessage(t.controller_alive(controller_id), encode(self._alive("offline")), qos=1, retain=True),
+            on_connect=self._on_connect,
+            max_queued_incoming=max_queued_incoming,
         )
+
+    def _alive(self, state: Literal["online", "offline"]) -> ControllerAlive:
+        return ControllerAlive(controller_id=self.controller_id, nonce=self.nonce, state=state, started=self.started,
+                               heartbeat_s=self.heartbeat_s, ownership=self.ownership)
 
     def view(self, agent_id: str) -> AgentView:
         v = self.agents.get(agent_id)
         if v is None:
             v = self.agents[agent_id] = AgentView(agent_id)
+        v.last_seen = time.monotonic()
         return v
 
+    # --- messages in ---------------------------------------------------------------------------
+
     async def handle(self, message: IncomingMessage) -> None:
+        agent_id = self.topics.telemetry_agent_id(message.topic)
+        if agent_id is not None:  # the hot path: decide on ownership before decoding anything
+            if not message.payload:
+                return
+            if not self.may_handle(agent_id):
+                self.counters.not_owned += 1
+                return
+            try:
+                telemetry = decode(Telemetry, message.payload)
+            except PayloadError as exc:
+                self.counters.rejected += 1
+                log.warning("dropped telemetry from %s: %s", agent_id, exc)
+                return
+            if telemetry.agent_id == agent_id and agent_id not in self.owned:
+                self._take_over(agent_id, telemetry)
+            if self.ownership == "shared-hash":
+                self._last_window[agent_id] = time.monotonic()
+            await self.on_telemetry(agent_id, telemetry)
+            return
         try:
             topic = self.topics.parse(message.topic)
         except TopicError:
             self.counters.rejected += 1
             return
-        if not isinstance(topic, AgentTopic) or not message.payload:
+        if not message.payload:
             return
         try:
-            if topic.channel == "telemetry":
-                await self.on_telemetry(topic.agent_id, decode(Telemetry, message.payload))
+            if isinstance(topic, ControllerTopic):
+                self.on_alive(decode(ControllerAlive, message.payload), message.retain)
+            elif not isinstance(topic, AgentTopic):
+                return
             elif topic.channel == "status":
                 self.on_status(topic.agent_id, decode(AgentStatus, message.payload))
             elif topic.channel == "desired":
-                desired = decode(DesiredState, message.payload)
-                view = self.view(topic.agent_id)
-                view.desired_generation = max(view.desired_generation, desired.generation)
+                self.on_desired(topic.agent_id, decode(DesiredState, message.payload))
+            elif topic.channel == "profile":
+                if len(message.payload) <= MAX_PAYLOAD_BYTES:
+                    self._profiles[topic.agent_id] = message.payload  # decoded only by a replica taking it over
             elif topic.channel == "events":
                 event = decode(AgentEvent, message.payload)
                 self.counters.events += 1
@@ -100,7 +203,7 @@ class Controller:
                     listener(event)
         except PayloadError as exc:
             self.counters.rejected += 1
-            log.warning("dropped %s from %s: %s", topic.channel, topic.agent_id, exc)
+            log.warning("dropped %s: %s", message.topic, exc)
 
     def on_status(self, agent_id: str, status: AgentStatus) -> None:
         if status.agent_id != agent_id:
@@ -111,7 +214,17 @@ class Controller:
         view.status = status
         view.online = status.state == "online"
 
+    def on_desired(self, agent_id: str, desired: DesiredState) -> None:
+        if desired.agent_id != agent_id:
+            self.counters.rejected += 1
+            return
+        view = self.view(agent_id)
+        view.desired_generation = max(view.desired_generation, desired.generation)
+        if view.last_desired is None or desired.generation >= view.last_desired.generation:
+            view.last_desired = desired
+
     async def on_telemetry(self, agent_id: str, telemetry: Telemetry) -> None:
+        """One telemetry window of an agent this replica handles (callers in-process: any agent)."""
         if telemetry.agent_id != agent_id:
             self.counters.rejected += 1
             return
@@ -122,11 +235,103 @@ class Controller:
         if not view.settled(telemetry):
             return
         decision = self.policy.decide(telemetry)
+        if agent_id in self.owned:
+            self._publish_profile(agent_id)
         if decision is None or decision.batch_size == telemetry.batch_size:
             return
         await self.order(view, decision)
 
+    # --- ownership ---------------------------------------------------------------------------
+
+    def owns(self, agent_id: str) -> bool:
+        """Whether this replica decides for the agent now. Code reacting to an agent's events (which
+        every replica reads) must act only where this is true."""
+        return self.ownership == "single" or agent_id in self.owned
+
+    def may_handle(self, agent_id: str) -> bool:
+        if self._leaving:
+            return False
+        if agent_id in self.owned or self.ownership != "hrw":
+            return True  # owned is pruned at every change of the live set; the other modes own what they get
+        return self.membership.stable and self._owner(agent_id) == self.controller_id
+
+    def on_alive(self, alive: ControllerAlive, retained: bool) -> None:
+        if alive.controller_id == self.controller_id and alive.nonce == self.nonce and not retained:
+            self._own_beat_at = time.monotonic()
+        try:
+            changed = self.membership.observe(alive, retained)
+        except ReplicaIdClash as exc:
+            self._release_all()
+            if self._clash is not None and not self._clash.done():
+                self._clash.set_exception(exc)
+            return
+        if changed:
+            self._on_view_change()
+
+    def _on_view_change(self) -> None:
+        m = self.membership
+        self._owner = OwnerMap(m.live)
+        if self.ownership == "hrw":
+            for agent_id in [a for a in self.owned if self._owner(a) != self.controller_id]:
+                self._release(agent_id)
+        log.info("controller %s: live replicas %s (epoch %d); holding %d agents", self.controller_id,
+                 ", ".join(m.live) or "none", m.epoch, len(self.owned))
+
+    def _take_over(self, agent_id: str, latest: Telemetry) -> None:
+        self.owned.add(agent_id)
+        self.counters.takeovers += 1
+        view = self.view(agent_id)
+        view.adopt_pending(latest)
+        source = "no profile"
+        payload = self._profiles.get(agent_id)
+        if payload is not None:
+            try:
+                state = decode(PolicyState, payload)
+            except PayloadError as exc:
+                source = f"unreadable profile ({exc})"
+            else:
+                if state.agent_id == agent_id:
+                    self.policy.import_state(state)
+                    self.counters.profiles_imported += 1
+                    self._profile_sent[agent_id] = (time.monotonic(), state)
+                    source = (f"profile by {state.controller_id or '?'}: batch sizes "
+                              f"{sorted(state.delay_ms_by_batch) or '-'}")
+        log.info("controller %s: took over %s (%s)", self.controller_id, agent_id, source)
+
+    def _release(self, agent_id: str) -> None:
+        """Give the agent up: hand over what was learned (publish it now), then forget it."""
+        if agent_id not in self.owned:
+            return
+        self._publish_profile(agent_id, force=True)
+        self.owned.discard(agent_id)
+        self.policy.forget(agent_id)
+        self._profile_sent.pop(agent_id, None)
+        view = self.agents.get(agent_id)
+        if view is not None:
+            view.pending = None
+        self.counters.releases += 1
+
+    def _release_all(self) -> None:
+        for agent_id in list(self.owned):
+            self._release(agent_id)
+
+    # --- messages out ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run a publish beside the message loop: waiting for a PUBACK must not stall the next message."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        ok = await self.bus.publish(topic, payload, qos=qos, retain=retain)
+        if not ok:
+            self.counters.publish_failed += 1
+        return ok
+
     async def order(self, view: AgentView, decision: Decision) -> DesiredState:
+        """Publish the decision as the agent's desired state (retained). Returns once it is handed to
+        the bus; the broker's acknowledgement is awaited beside the message loop."""
         desired = DesiredState(
             agent_id=view.agent_id,
             generation=view.next_generation(),
@@ -135,27 +340,149 @@ class Controller:
             issued_by=self.controller_id,
         )
         view.desired_generation = desired.generation
+        view.last_desired = desired
         view.pending = PendingChange(desired.generation, decision.batch_size)
         view.decisions.append((time.time(), decision.batch_size, decision))
         self.counters.decisions += 1
         for listener in self.decision_listeners:
             listener(view, desired, decision)
-        if not await self.bus.publish(self.topics.desired(view.agent_id), encode(desired), qos=1, retain=True):
-            self.counters.publish_failed += 1
+        self._spawn(self._publish(self.topics.desired(view.agent_id), encode(desired), 1, True),
+                    f"controller[{self.controller_id}].order[{view.agent_id}]")
         return desired
 
+    def _publish_profile(self, agent_id: str, force: bool = False) -> None:
+        """Publish what the policy learned about the agent if it changed; at most every
+        ``profile_interval_s`` unless ``force`` (handing the agent over)."""
+        now = time.monotonic()
+        checked, sent = self._profile_sent.get(agent_id, (-1e18, None))
+        if not force and now - checked < self.profile_interval_s:
+            return
+        state = self.policy.export_state(agent_id)
+        self._profile_sent[agent_id] = (now, sent)
+        if state is None or _same_profile(state, sent):
+            return
+        state = state.model_copy(update={"controller_id": self.controller_id, "ts": time.time()})
+        self._profile_sent[agent_id] = (now, state)
+        payload = encode(state)
+        self._profiles[agent_id] = payload
+        self.counters.profiles_published += 1
+        if _loop_running():  # else an in-process caller without a bus: it stays in _profiles
+            self._spawn(self._publish(self.topics.profile(agent_id), payload, 1, True),
+                        f"controller[{self.controller_id}].profile[{agent_id}]")
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def _on_connect(self) -> None:
+        """A new broker session: whatever was heard on the old one may be stale; start over."""
+        self.membership.reset()
+        self.membership.announced = False
+        self._release_all()
+        self._on_view_change()
+
+    async def _heartbeats(self) -> None:
+        topic = self.topics.controller_alive(self.controller_id)
+        m = self.membership
+        sweep_every = max(1, int(30 / self.heartbeat_s))
+        n = 0
+        while True:
+            await self.bus.connected.wait()
+            session = self.bus.counters.connects
+            # Listen before announcing: a live namesake's heartbeats would arrive within this window.
+            await asyncio.sleep(1.5 * self.heartbeat_s)
+            while self.bus.connected.is_set() and self.bus.counters.connects == session:
+                published = await self.bus.publish(topic, encode(self._alive("online")), qos=1, retain=True)
+                if published and not m.announced:
+                    m.announced = True
+                    self._own_beat_at = time.monotonic()
+                # Our beats stopped coming back: hold nothing before the others could take over
+                # (they would, miss_beats + grace_beats after our last beat reached them).
+                late = time.monotonic() - self._own_beat_at
+                if m.announced and late > (m.miss_beats + m.grace_beats - 1) * self.heartbeat_s and m.cut_off():
+                    self._on_view_change()
+                n += 1
+                if n % sweep_every == 0:
+                    self.expire_views()
+                if self.ownership == "shared-hash":
+                    self._release_unrouted()
+                await asyncio.sleep(self.heartbeat_s)
+
+    def _release_unrouted(self) -> None:
+        """shared-hash: the broker decides who gets an agent; one whose telemetry stopped coming here
+        for 30 s was moved to another member (or went away): give it up. No windows reach this replica
+        for it any more, so it decides nothing for it meanwhile."""
+        cutoff = time.monotonic() - SHARED_HASH_RELEASE_S
+        for agent_id in [a for a in self.owned if self._last_window.get(a, 0.0) < cutoff]:
+            self._release(agent_id)
+            self._last_window.pop(agent_id, None)
+
+    def expire_views(self, now: float | None = None) -> int:
+        """Forget agents not heard of for ``view_ttl_s`` that are offline (or never came online), and
+        agents this replica holds that went silent: per-agent state stays bounded by the live fleet."""
+        now = time.monotonic() if now is None else now
+        gone = [a for a, v in self.agents.items() if now - v.last_seen > self.view_ttl_s
+                and (not v.online or a in self.owned)]
+        for agent_id in gone:
+            self._release(agent_id)
+            del self.agents[agent_id]
+            self._profiles.pop(agent_id, None)
+        for agent_id in [a for a in self._profiles if a not in self.agents]:
+            del self._profiles[agent_id]  # a retained profile of an agent that is not around
+        self.counters.views_expired += len(gone)
+        return len(gone)
+
     async def run(self) -> None:
-        await self.bus.run(self.handle)
+        """Serve until cancelled; raises ReplicaIdClash if another live instance has this id."""
+        self._clash = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.bus.run(self.handle), name=f"controller[{self.controller_id}].bus")
+                tg.create_task(self._heartbeats(), name=f"controller[{self.controller_id}].heartbeats")
+                await self._clash
+        except* ReplicaIdClash as group:
+            raise group.exceptions[0] from None
+
+    async def goodbye(self, timeout_s: float = 3.0) -> None:
+        """Leave cleanly (a clean disconnect fires no last will): hand over every profile and tell the
+        other replicas at once, so they take the agents over without waiting out missed heartbeats."""
+        self._leaving = True
+        self._release_all()
+        pending = list(self._tasks)
+        if self.bus.connected.is_set():
+            pending.append(asyncio.ensure_future(self.bus.publish(
+                self.topics.controller_alive(self.controller_id), encode(self._alive("offline")), qos=1,
+                retain=True)))
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    # --- fleet view ----------------------------------------------------------------------------
 
     def fleet_lines(self) -> list[str]:
         lines = []
         for v in sorted(self.agents.values(), key=lambda a: a.agent_id):
             t = v.telemetry
-            figures = "no telemetry yet"
+            figures = "no telemetry yet" if self.owns(v.agent_id) else "figures with the replica that owns it"
             if t is not None:
-                figures = (f"batch {t.batch_size}, {t.fps_out:.1f} fps out, "
-                           f"batch delay {t.latency['batch'].mean_ms:.0f} ms, "
+                batch = t.latency.get("batch")
+                delay = f"batch delay {batch.mean_ms:.0f} ms" if batch is not None else "no batch delay"
+                figures = (f"batch {t.batch_size}, {t.fps_out:.1f} fps out, {delay}, "
                            f"dropped {t.dropped}, missed {t.deadline_misses}")
             lines.append(f"{v.agent_id}: {'online' if v.online else 'offline'}, {figures}")
         return lines
 
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _same_profile(a: PolicyState, b: PolicyState | None) -> bool:
+    """Nothing worth republishing: same policy, sizes and refusals, every delay within PROFILE_CHANGE."""
+    if b is None or a.policy != b.policy or set(a.refused_batch_sizes) != set(b.refused_batch_sizes):
+        return False
+    if a.delay_ms_by_batch.keys() != b.delay_ms_by_batch.keys():
+        return False
+    return all(abs(d - b.delay_ms_by_batch[s]) <= PROFILE_CHANGE * max(b.delay_ms_by_batch[s], 1e-3)
+               for s, d in a.delay_ms_by_batch.items())

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from cloud_controller.policies import Decision
-from schemas import AgentStatus, Telemetry
+from schemas import AgentStatus, DesiredState, Telemetry
 
 MAX_DECISIONS = 200  # kept per agent for the fleet view; older ones are in the controller's log
 
@@ -25,12 +25,21 @@ class AgentView:
     telemetry: Telemetry | None = None
     desired_generation: int = 0
     pending: PendingChange | None = None
+    last_desired: DesiredState | None = None  # the latest order on the wire, whoever gave it
+    last_seen: float = 0.0  # time.monotonic() of the last message about this agent (views expire)
     decisions: deque[tuple[float, int, Decision]] = field(default_factory=lambda: deque(maxlen=MAX_DECISIONS))
 
     def next_generation(self) -> int:
         applied = self.status.applied_generation if self.status else 0
         seen = self.telemetry.applied_generation if self.telemetry else 0
         return max(self.desired_generation, applied, seen) + 1
+
+    def adopt_pending(self, latest: Telemetry) -> None:
+        """Taking the agent over from another replica: an order it gave that the agent has not applied
+        yet (by the ``latest`` telemetry) is pending here too, so the cool-down holds until it is."""
+        d = self.last_desired
+        if d is not None and d.batch_size is not None and d.generation > latest.applied_generation:
+            self.pending = PendingChange(d.generation, d.batch_size)
 
     def settled(self, t: Telemetry) -> bool:
         """Cool-down: decide only on telemetry measured entirely at the batch size last ordered."""

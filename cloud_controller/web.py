@@ -47,7 +47,9 @@ class FleetMetrics:
             self.batch.labels(a).set(t.batch_size)
             self.fps_in.labels(a).set(t.fps_in)
             self.fps_out.labels(a).set(t.fps_out)
-            self.e2e.labels(a).set(t.latency["e2e"].p95_ms)
+            e2e = t.latency.get("e2e")
+            if e2e is not None:
+                self.e2e.labels(a).set(e2e.p95_ms)
             self.dropped.labels(a).set(t.dropped)
             self.missed.labels(a).set(t.deadline_misses)
             self.memory.labels(a).set(t.resources.memory_used_ratio)
@@ -73,7 +75,9 @@ def fleet_json(controller: Controller) -> dict[str, object]:
             "decisions": [{"ts": ts, "batch_size": size, "reason": d.reason}
                           for ts, size, d in list(v.decisions)[-20:]],
         })
-    return {"policy": controller.policy.name, "counters": vars(controller.counters), "agents": agents}
+    return {"policy": controller.policy.name, "controller_id": controller.controller_id,
+            "replicas": list(controller.membership.live), "owned": len(controller.owned),
+            "counters": vars(controller.counters), "agents": agents}
 
 
 def fleet_page(controller: Controller) -> str:
@@ -83,7 +87,8 @@ def fleet_page(controller: Controller) -> str:
         last = v.decisions[-1][2].reason if v.decisions else ""
         cells = [v.agent_id, "online" if v.online else "offline"]
         if t is not None:
-            cells += [str(t.batch_size), f"{t.fps_in:.1f}", f"{t.fps_out:.1f}", f"{t.latency['e2e'].p95_ms:.0f}",
+            e2e = t.latency.get("e2e")
+            cells += [str(t.batch_size), f"{t.fps_in:.1f}", f"{t.fps_out:.1f}", f"{e2e.p95_ms:.0f}" if e2e else "",
                       str(t.dropped), str(t.deadline_misses), f"{t.resources.memory_used_ratio:.0%}"]
         else:
             cells += ["", "", "", "", "", "", ""]
@@ -100,6 +105,9 @@ def fleet_page(controller: Controller) -> str:
         f"<h1>edgebatch fleet</h1><p>policy <b>{html.escape(controller.policy.name)}</b>, "
         f"{controller.counters.telemetry} telemetry messages, {controller.counters.decisions} decisions, "
         f"updated {time.strftime('%H:%M:%S')}</p>"
+        f"<p>replica <b>{html.escape(controller.controller_id)}</b> ({controller.ownership}) of "
+        f"{html.escape(', '.join(controller.membership.live) or 'none yet')}; deciding for "
+        f"{len(controller.owned)} agents (figures are shown where they are decided)</p>"
         f"<table><tr>{head}</tr>{''.join(rows) or '<tr><td colspan=10>no agents yet</td></tr>'}</table>"
         "</body></html>"
     )

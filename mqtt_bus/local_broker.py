@@ -52,7 +52,7 @@ class LocalBroker:
     """
 
     def __init__(self, directory: Path | None = None, port: int | None = None, persistence: bool = True,
-                 auth_lines: str | None = None) -> None:
+                 auth_lines: str | None = None, extra_config: str = "") -> None:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="edgebatch-mosquitto-")
         self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
         self.port = port or free_port()
@@ -69,6 +69,7 @@ class LocalBroker:
             "autosave_interval 1\n"
             "max_packet_size 1048576\n"
             "log_dest none\n"
+            f"{extra_config}"
         )
         self.process: subprocess.Popen[bytes] | None = None
 

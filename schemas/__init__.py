@@ -9,6 +9,7 @@ from schemas.messages import (
     ArtifactInfo,
     ArtifactTarget,
     Capabilities,
+    ControllerAlive,
     DesiredState,
     Detection,
     EventKind,
@@ -29,7 +30,7 @@ from schemas.messages import (
     decode,
     encode,
 )
-from schemas.topics import DEFAULT_PREFIX, AgentTopic, ModelTopic, TopicError, Topics
+from schemas.topics import DEFAULT_PREFIX, AgentTopic, ControllerTopic, ModelTopic, TopicError, Topics
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -42,6 +43,8 @@ __all__ = [
     "ArtifactInfo",
     "ArtifactTarget",
     "Capabilities",
+    "ControllerAlive",
+    "ControllerTopic",
     "DesiredState",
     "Detection",
     "EventKind",

@@ -278,6 +278,20 @@ class PolicyState(WireModel):
                                                  description="sizes the agent refused to serve")
 
 
+class ControllerAlive(WireModel):
+    """A controller replica's heartbeat, retained on ``{p}/controllers/{id}/alive``; its last will is
+    the same with ``state="offline"``. Every replica reads all of them to know the live set."""
+
+    controller_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="replica id (unique in the fleet)")
+    nonce: str = Field(pattern=r"^[0-9a-f]{8,64}$", description="random per process: tells two instances apart")
+    state: Literal["online", "offline"] = Field(description="'offline' is the last will")
+    started: float = Field(description="unix time this instance started (the later of two clashing ids yields)")
+    ts: float = Field(default_factory=now_s, description="unix time of this heartbeat")
+    heartbeat_s: float = Field(gt=0, le=60, description="seconds between heartbeats")
+    ownership: Literal["hrw", "shared-hash", "single"] = Field(
+        description="how this replica picks its agents: hrw = rendezvous hashing over the live replicas")
+
+
 # --- detections -----------------------------------------------------------------------------
 
 

@@ -8,8 +8,9 @@ from typing import Literal
 
 DEFAULT_PREFIX = "edgebatch"
 
-AgentChannel = Literal["status", "telemetry", "desired", "events", "detections"]
-AGENT_CHANNELS: tuple[AgentChannel, ...] = ("status", "telemetry", "desired", "events", "detections")
+AgentChannel = Literal["status", "telemetry", "desired", "events", "detections", "profile"]
+AGENT_CHANNELS: tuple[AgentChannel, ...] = ("status", "telemetry", "desired", "events", "detections", "profile")
+ControllerChannel = Literal["alive"]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -34,6 +35,12 @@ class AgentTopic:
 @dataclass(frozen=True)
 class ModelTopic:
     name: str
+
+
+@dataclass(frozen=True)
+class ControllerTopic:
+    controller_id: str
+    channel: ControllerChannel
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,28 @@ class Topics:
     def detections(self, agent_id: str) -> str:
         return self.agent(agent_id, "detections")
 
+    def profile(self, agent_id: str) -> str:
+        """What the controller replica owning the agent learned about it (retained ``PolicyState``)."""
+        return self.agent(agent_id, "profile")
+
+    def controller_alive(self, controller_id: str) -> str:
+        """A controller replica's retained heartbeat (``ControllerAlive``); its last will says offline."""
+        return f"{self.prefix}/controllers/{check_segment(controller_id, 'controller id')}/alive"
+
+    def all_controllers_alive(self) -> str:
+        return f"{self.prefix}/controllers/+/alive"
+
+    def telemetry_agent_id(self, topic: str) -> str | None:
+        """The agent id of a telemetry topic by plain string work (no regex): the controller's hot path
+        calls it on every message before deciding whether to decode. None if not a telemetry topic."""
+        head = self.prefix + "/agents/"
+        if not (topic.startswith(head) and topic.endswith("/telemetry")):
+            return None
+        agent_id = topic[len(head) : -len("/telemetry")]
+        if not agent_id or "/" in agent_id:
+            return None
+        return agent_id
+
     def model(self, name: str) -> str:
         return f"{self.prefix}/models/{check_segment(name, 'model name')}"
 
@@ -79,7 +108,7 @@ class Topics:
         """MQTT v5 shared subscription: replicas in one group split the messages."""
         return f"$share/{check_segment(group, 'share group')}/{topic_filter}"
 
-    def parse(self, topic: str) -> AgentTopic | ModelTopic:
+    def parse(self, topic: str) -> AgentTopic | ModelTopic | ControllerTopic:
         """Turn a concrete topic back into what it addresses; TopicError if it is not ours."""
         head = self.prefix + "/"
         if not topic.startswith(head):
@@ -90,4 +119,6 @@ class Topics:
             return AgentTopic(agent_id=check_segment(parts[1], "agent id"), channel=channel)
         if len(parts) == 2 and parts[0] == "models":
             return ModelTopic(name=check_segment(parts[1], "model name"))
+        if len(parts) == 3 and parts[0] == "controllers" and parts[2] == "alive":
+            return ControllerTopic(controller_id=check_segment(parts[1], "controller id"), channel="alive")
         raise TopicError(f"topic {topic!r} is not an edgebatch topic")

@@ -83,6 +83,21 @@ async def test_agents_are_confined_to_their_own_topics(secured_broker) -> None:
     assert [m.payload for m in cam1.heard] == [b"order1"], "an agent read another agent's desired state"
 
 
+async def test_only_controllers_write_profiles_and_heartbeats(secured_broker) -> None:
+    async with Peer(secured_broker, "controller", ["edgebatch/agents/+/profile", "edgebatch/controllers/+/alive"]) \
+            as ctl, Peer(secured_broker, "cam1", ["edgebatch/agents/cam1/profile", "edgebatch/controllers/#"]) as cam1:
+        for peer in (ctl, cam1):
+            await peer.bus.wait_connected(10)
+        await cam1.bus.publish("edgebatch/agents/cam1/profile", b"self-profiled", qos=1)
+        await cam1.bus.publish("edgebatch/controllers/ctl-a/alive", b"fake replica", qos=1)
+        await ctl.bus.publish("edgebatch/agents/cam1/profile", b"learned", qos=1)
+        await ctl.bus.publish("edgebatch/controllers/ctl-a/alive", b"alive", qos=1)
+        await eventually(lambda: {b"learned", b"alive"} <= {m.payload for m in ctl.heard}, 10, "controller writes")
+        await asyncio.sleep(0.5)
+    assert not {b"self-profiled", b"fake replica"} & {m.payload for m in ctl.heard}, "an agent posed as a controller"
+    assert not cam1.heard, "an agent read controller state"
+
+
 async def test_anonymous_and_wrong_password_are_refused(secured_broker) -> None:
     for user, password in ((None, None), ("cam1", "wrong")):
         settings = BrokerSettings(secured_broker.host, secured_broker.port, username=user, password=password)

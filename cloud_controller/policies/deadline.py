@@ -113,11 +113,9 @@ class DeadlinePolicy:
         # measured size is ever considered, and only when not forced: it is tried once, then measured.
         return known[above[0]] * size / above[0]
 
-    def utilisation(self, known: dict[int, float], size: int, interval_ms: float) -> float:
-        return self.predicted_delay(known, size) / (size * interval_ms)
-
-    def e2e_ms(self, known: dict[int, float], size: int, interval_ms: float) -> float:
-        return (size - 1) * interval_ms + self.predicted_delay(known, size)
+    def _predictions(self, known: dict[int, float], ladder: tuple[int, ...], n: int) -> dict[int, float]:
+        """Every size's predicted delay, once per decision (a controller decides thousands of times a second)."""
+        return {s: self.predicted_delay(known, s) for s in (*ladder, n)}
 
     # --- decision ------------------------------------------------------------------------
 
@@ -133,7 +131,15 @@ class DeadlinePolicy:
         known[n] = batch.mean_ms if old is None else old + cfg.ewma * (batch.mean_ms - old)
         interval = 1000.0 / telemetry.source_fps_total
         memory = telemetry.resources.memory_used_ratio
-        util_n, e2e_n = self.utilisation(known, n, interval), self.e2e_ms(known, n, interval)
+        delay = self._predictions(known, cfg.ladder, n)
+
+        def util(size: int) -> float:
+            return delay[size] / (size * interval)
+
+        def e2e(size: int) -> float:
+            return (size - 1) * interval + delay[size]
+
+        util_n, e2e_n = util(n), e2e(n)
         figures = {"batch_size": n, "batch_delay_ms": round(known[n], 2), "utilisation": round(util_n, 3),
                    "e2e_pred_ms": round(e2e_n, 2), "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
         largest_known, smallest_known = max(known), min(known)
@@ -148,8 +154,7 @@ class DeadlinePolicy:
             return not (size > n and memory >= cfg.memory_threshold)
 
         def fits(size: int, share: float) -> bool:
-            return (self.utilisation(known, size, interval) <= share
-                    and self.e2e_ms(known, size, interval) <= cfg.slo_ms)
+            return util(size) <= share and e2e(size) <= cfg.slo_ms
 
         ladder = [s for s in cfg.ladder if allowed(s) or s == n]
         forced = util_n > 1.0 or e2e_n > cfg.slo_ms
@@ -163,12 +168,11 @@ class DeadlinePolicy:
                 target = next((s for s in pool if s != n and fits(s, cfg.headroom)), None)
                 if target is None and forced:
                     keeping_up = [s for s in pool if s != n and fits(s, 1.0)]
-                    target = min(keeping_up, key=lambda s: self.utilisation(known, s, interval), default=None)
+                    target = min(keeping_up, key=util, default=None)
                 if target is not None:
                     break
             if target is None and not forced:  # keeping up, barely: measure the next size up rather than guess
-                target = next((s for s in ladder if s > n and s not in known
-                               and self.e2e_ms(known, s, interval) <= cfg.slo_ms), None)
+                target = next((s for s in ladder if s > n and s not in known and e2e(s) <= cfg.slo_ms), None)
             if target is None and forced:
                 return self._overloaded(profile, n, interval, memory, ladder, figures)
         else:
@@ -184,7 +188,7 @@ class DeadlinePolicy:
             if profile.candidate_windows < cfg.stable_windows:
                 return None
         profile.candidate, profile.candidate_windows = None, 0
-        util_t, e2e_t = self.utilisation(known, target, interval), self.e2e_ms(known, target, interval)
+        util_t, e2e_t = util(target), e2e(target)
         verb = "shrink for latency" if target < n and not forced else ("misses: move" if forced else "grow")
         why = (f"{verb}: batch {n} uses {util_n:.0%} of its time budget, e2e {e2e_n:.0f} ms -> batch {target}: "
                f"predicted {util_t:.0%}, e2e {e2e_t:.0f} ms (SLO {cfg.slo_ms:.0f} ms, "

@@ -62,11 +62,12 @@ class Kum2022Policy:
     def decide(self, telemetry: Telemetry, limits: AgentLimits = NO_LIMITS) -> Decision | None:
         cfg = self.config
         n = telemetry.batch_size
-        if telemetry.source_fps_total <= 0 or telemetry.latency["batch"].count == 0:
-            return None
+        batch = telemetry.latency.get("batch")
+        if telemetry.source_fps_total <= 0 or batch is None or batch.count == 0:
+            return None  # nothing measured (or an agent that does not report the batch delay)
         interval_ms = 1000.0 / telemetry.source_fps_total
         criterion_ms = n * interval_ms
-        delay_ms = float(getattr(telemetry.latency["batch"], cfg.delay_statistic))
+        delay_ms = float(getattr(batch, cfg.delay_statistic))
         memory = telemetry.resources.memory_used_ratio
         figures = {"batch_delay_ms": round(delay_ms, 2), "criterion_ms": round(criterion_ms, 2),
                    "memory_ratio": round(memory, 4), "batch_size": n}
