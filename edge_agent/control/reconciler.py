@@ -238,6 +238,8 @@ class Reconciler:
                      and (version or serving.version) == serving.version)
         t = time.monotonic()
         if unchanged:
+            for key in ("switch", "decision_to_first_batch"):  # nothing switched: no figure rather than 0
+                timings.pop(key, None)
             return f"{detail} kept (already serving it)"
         try:
             switched = self.pipeline.switch(batch_size=batch_size, engine=engine, model=model, version=version,
