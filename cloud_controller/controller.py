@@ -212,7 +212,10 @@ class Controller:
         log.warning("%s refused generation %d (batch %s): %s: %s", view.agent_id, outcome.generation, size,
                     outcome.refusal, outcome.detail)
         reason = outcome.refusal or "unknown"
-        view.refused[size] = Refusal(outcome.generation, reason, time.monotonic() + self.refusal_hold_s)
+        left = self.refusal_hold_s - max(0.0, time.time() - outcome.ts)  # a retained refusal may be old
+        if left <= 0:
+            return
+        view.refused[size] = Refusal(outcome.generation, reason, time.monotonic() + left)
         self.policy.refused(view.agent_id, size, reason)
 
     def _expire_pending(self, view: AgentView) -> None:

@@ -428,3 +428,12 @@ async def test_a_controller_that_connects_later_learns_the_refusal_from_the_stat
     limits = view.limits(time.monotonic())
     assert not limits.allows(16) and limits.allows(8) and not limits.allows(32)
     assert "last order: gen 3 batch 16 refused (memory)" in controller.fleet_lines()[0]
+
+
+def test_an_old_retained_refusal_holds_nothing_back() -> None:
+    policy = Script([8])
+    controller = Controller(BrokerSettings(port=9), policy, refusal_hold_s=600.0)  # type: ignore[arg-type]
+    old = OrderOutcome(generation=3, outcome="refused", refusal="memory", batch_size=16, ts=time.time() - 700)
+    controller.on_status("a1", AgentStatus(agent_id="a1", state="online", last_order=old))
+    assert policy.refusals == [] and controller.agents["a1"].limits(time.monotonic()).allows(16)
+    assert controller.agents["a1"].next_generation() == 4, "its generation still counts"

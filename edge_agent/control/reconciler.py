@@ -140,7 +140,9 @@ class Reconciler:
 
     async def run(self) -> None:
         """Work through orders, newest only, until cancelled."""
-        await self.refresh_servable()
+        before = self.servable
+        if await self.refresh_servable() != before:
+            await self.reporter.publish_status()  # the status sent on connect may predate the registry's answer
         while True:
             await self._wake.wait()
             self._wake.clear()
