@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.control import Reconciler
+from edge_agent.control.reconciler import raise_if_cancelling
 from edge_agent.engines import available_backends
 from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline
@@ -180,6 +181,7 @@ class Agent:
         await self.pipeline.started.wait()
         next_at = time.monotonic() + interval
         while True:
+            raise_if_cancelling()  # a publish may have swallowed the cancellation (see there)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
             message = await self.telemetry()

@@ -437,3 +437,21 @@ def test_an_old_retained_refusal_holds_nothing_back() -> None:
     controller.on_status("a1", AgentStatus(agent_id="a1", state="online", last_order=old))
     assert policy.refusals == [] and controller.agents["a1"].limits(time.monotonic()).allows(16)
     assert controller.agents["a1"].next_generation() == 4, "its generation still counts"
+
+
+async def test_a_loop_whose_cancellation_was_swallowed_still_ends() -> None:
+    """Python 3.11's wait_for (in aiomqtt's publish) can swallow a cancellation; the reconciler's loop and the
+    telemetry loop must still end, or the agent's TaskGroup waits for them forever."""
+    from edge_agent.control.reconciler import raise_if_cancelling
+
+    async def loop() -> None:
+        while True:
+            raise_if_cancelling()
+            with contextlib.suppress(asyncio.CancelledError):  # what a racing wait_for can do
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)

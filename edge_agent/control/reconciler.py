@@ -144,6 +144,7 @@ class Reconciler:
         if await self.refresh_servable() != before:
             await self.reporter.publish_status()  # the status sent on connect may predate the registry's answer
         while True:
+            raise_if_cancelling()
             await self._wake.wait()
             self._wake.clear()
             order, self._queued = self._queued, None
@@ -298,3 +299,12 @@ class Reconciler:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
+
+
+def raise_if_cancelling() -> None:
+    """End a long-lived loop whose cancellation was swallowed: on Python 3.11, ``wait_for`` (inside
+    aiomqtt's publish) can return normally when a cancellation races its completion, and the loop would
+    then wait for its next order forever while the agent's TaskGroup waits for it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
