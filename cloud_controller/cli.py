@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=f"controller-{socket.gethostname()}", help="controller client id")
     p.add_argument("--share-group", default="edgebatch-controllers", help="replicas in one group split the fleet")
     p.add_argument("--fleet-interval", type=float, default=10.0, help="seconds between fleet summaries")
+    p.add_argument("--pending-timeout", type=float, default=120.0,
+                   help="seconds to wait for an agent's outcome of an order before deciding again (120)")
+    p.add_argument("--refusal-hold", type=float, default=600.0,
+                   help="seconds a batch size an agent refused is not ordered again (600)")
     p.add_argument("--http", default="127.0.0.1:8080",
                    help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -39,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), args.policy_object,
-                            prefix=args.prefix, controller_id=args.id, share_group=args.share_group)
+                            prefix=args.prefix, controller_id=args.id, share_group=args.share_group,
+                            pending_timeout_s=args.pending_timeout, refusal_hold_s=args.refusal_hold)
     controller.decision_listeners.append(
         lambda view, desired, decision: print(
             f"{view.agent_id}: gen {desired.generation} -> batch {desired.batch_size}: {desired.reason}", flush=True))
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--ladder {args.ladder!r} must be comma-separated integers") from None
         args.policy_object = make_policy(args.policy, ladder=ladder, memory_threshold=args.memory_threshold,
                                          slo_ms=args.slo_ms)
+        if args.pending_timeout <= 0 or args.refusal_hold < 0:
+            raise ValueError("--pending-timeout must be > 0 and --refusal-hold >= 0 seconds")
         if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
             raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:

@@ -144,7 +144,8 @@ class Agent:
                             timings_ms: dict[str, float] | None = None, refusal: RefusalReason | None = None) -> None:
         event = AgentEvent(agent_id=self.agent_id, kind=kind, detail=detail[:4000], generation=generation,
                            timings_ms=timings_ms or {}, refusal=refusal)
-        log.info("event %s gen=%s %s%s", kind, generation, f"[{refusal}] " if refusal else "", detail)
+        level = logging.WARNING if kind in ("desired_refused", "swap_failed", "payload_rejected") else logging.INFO
+        log.log(level, "event %s gen=%s %s%s", kind, generation, f"[{refusal}] " if refusal else "", detail)
         await self.bus.publish(self.topics.events(self.agent_id), encode(event), qos=1)
 
     async def telemetry(self) -> Telemetry:
