@@ -455,3 +455,59 @@ async def test_a_loop_whose_cancellation_was_swallowed_still_ends() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2)
+
+
+class Recorder:
+    """An OutcomeReporter that keeps what the reconciler reports, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int | None, str | None]] = []
+
+    async def publish_event(self, kind: EventKind, detail: str = "", generation: int | None = None,
+                            timings_ms: dict[str, float] | None = None, refusal: RefusalReason | None = None) -> None:
+        self.events.append((kind, generation, refusal))
+
+    async def publish_status(self) -> None:
+        return None
+
+    def outcome(self, generation: int) -> list[str]:
+        return [k for k, g, _ in self.events if g == generation and k in OUTCOMES]
+
+
+async def test_a_switch_already_issued_finishes_within_a_grace_else_is_superseded(engine, decoder,
+                                                                                  short_video) -> None:
+    from edge_agent.control import Reconciler
+
+    sources = await open_sources([str(short_video)], loop=True)
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=1))
+    recorder = Recorder()
+    reconciler = Reconciler(pipeline, HostProbe(), recorder)
+    reconciler.first_batch_grace_s = 0.3
+    worker = asyncio.create_task(reconciler.run())
+    run = None
+    try:
+        # Not running yet: generation 1's switch never takes effect, so generation 2 supersedes it.
+        await reconciler.submit(DesiredState(agent_id="cam1", generation=1, batch_size=2))
+        await eventually(lambda: pipeline.batch_size == 2, 5, "switch 1 issued")
+        await reconciler.submit(DesiredState(agent_id="cam1", generation=2, batch_size=4))
+        await eventually(lambda: recorder.outcome(1), 5, "outcome of 1")
+        assert recorder.outcome(1) == ["desired_superseded"] and reconciler.applied_generation == 0
+        run = asyncio.create_task(pipeline.run())
+        await eventually(lambda: recorder.outcome(2), 20, "outcome of 2")
+        assert recorder.outcome(2) == ["desired_applied"] and reconciler.applied_generation == 2
+        # Running: generation 3's switch is issued when 4 arrives; it takes effect within the grace, so both
+        # are applied and the report matches what served.
+        reconciler.first_batch_grace_s = 5.0
+        await reconciler.submit(DesiredState(agent_id="cam1", generation=3, batch_size=1))
+        await eventually(lambda: pipeline.batch_size == 1, 5, "switch 3 issued")
+        await reconciler.submit(DesiredState(agent_id="cam1", generation=4, batch_size=2))
+        await eventually(lambda: recorder.outcome(4), 20, "outcome of 4")
+        assert recorder.outcome(3) == ["desired_applied"] and recorder.outcome(4) == ["desired_applied"]
+        assert reconciler.applied_generation == 4 and pipeline.batch_size == 2
+    finally:
+        worker.cancel()
+        pipeline.stop()
+        if run is not None:
+            await asyncio.wait_for(run, 30)
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker

@@ -85,6 +85,7 @@ class Reconciler:
         self._running: _Order | None = None
         self._wake = asyncio.Event()
         self._newer = asyncio.Event()  # set when an order arrives while one runs
+        self.first_batch_grace_s = 2.0  # how long a switch already issued may finish when a newer order comes
 
     # --- what this agent can serve --------------------------------------------------------
 
@@ -257,8 +258,12 @@ class Reconciler:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             newer.cancel()
+        if not switched.done():
+            # A newer order came, but this switch is already issued: a batch or so lets it take effect, so
+            # what is reported matches what serves. A pipeline without frames must not hold the newer one up.
+            await asyncio.wait([switched], timeout=self.first_batch_grace_s)
         if not switched.done() or switched.cancelled():
-            # The switch was issued; the next order switches from here (its switch cancels this one's future).
+            # The next order switches from here (its switch cancels this one's future).
             raise _Superseded
         first_batch = switched.result()
         timings["switch"] = _ms(first_batch - t)
