@@ -50,7 +50,8 @@ connection has no per-agent last will (an agent here never dies).
 
 Baseline: every batch size of a profile is also simulated fixed, without a controller, on the same
 fleet and arrivals (``--ladder`` restricts the sizes; a policy ordering a size the profile lacks gets
-a ``swap_failed`` event, as an agent without that engine would send). Per profile, "best fixed" is
+a ``desired_refused`` event, reason ``no_artifact``, as an agent without that engine would send; the
+status names the sizes it serves, so the controller stays inside them). Per profile, "best fixed" is
 the one size that serves the most frames within the deadline; for the whole fleet, every profile at
 its own best fixed size.
 
@@ -109,7 +110,10 @@ from schemas import (
     DesiredState,
     EventKind,
     LatencyStats,
+    OrderOutcome,
+    OrderOutcomeKind,
     PayloadError,
+    RefusalReason,
     ResourceSample,
     ServingState,
     Telemetry,
@@ -403,8 +407,10 @@ class AgentWire:
         self.queue = queue
         self.swap_delay_s = swap_delay_s
         self.epoch = epoch  # unix time of simulated t = 0
-        self.applied_generation = 0
+        self.applied_generation = 0  # moves when an order takes effect, as the real agent's reconciler
+        self.taken_generation = 0  # highest generation taken (decided or waiting to take effect)
         self.pending_generation: int | None = None
+        self.last_order: OrderOutcome | None = None
         self.seq = 0
         self.counters = {"orders": 0, "stale": 0, "superseded": 0, "rejected": 0, "applied": 0, "refused": 0}
         p = queue.profile
@@ -414,46 +420,58 @@ class AgentWire:
 
     def status(self, now_s: float) -> Outgoing:
         serving = ServingState(model=self.queue.profile.model[:100], version="1", batch_size=self.queue.size,
-                               backend=self.queue.profile.backend)
+                               backend=self.queue.profile.backend,
+                               servable_batch_sizes=sorted(self.queue.profile.costs))
         status = AgentStatus(agent_id=self.agent_id, state="online", ts=self.epoch + now_s,
                              capabilities=self.capabilities, serving=serving,
-                             applied_generation=self.applied_generation)
+                             applied_generation=self.applied_generation, last_order=self.last_order)
         return self.topics.status(self.agent_id), encode(status), 1, True
 
     def event(self, kind: EventKind, now_s: float, generation: int | None, detail: str,
-              timings_ms: dict[str, float] | None = None) -> Outgoing:
+              timings_ms: dict[str, float] | None = None, refusal: RefusalReason | None = None) -> Outgoing:
         event = AgentEvent(agent_id=self.agent_id, kind=kind, ts=self.epoch + now_s, generation=generation,
-                           detail=detail, timings_ms=timings_ms or {})
+                           detail=detail, timings_ms=timings_ms or {}, refusal=refusal)
         return self.topics.events(self.agent_id), encode(event), 1, False
+
+    def decided(self, generation: int, outcome: OrderOutcomeKind, now_s: float, detail: str, size: int | None,
+                refusal: RefusalReason | None = None) -> None:
+        self.last_order = OrderOutcome(generation=generation, outcome=outcome, refusal=refusal, detail=detail,
+                                       batch_size=size, ts=self.epoch + now_s)
 
     def on_desired(self, desired: DesiredState, now_s: float) -> list[Outgoing]:
         """Newest generation wins; a stale one is ignored and said so (as ``Agent.apply_desired``)."""
         if desired.agent_id != self.agent_id:
             self.counters["rejected"] += 1
             return [self.event("payload_rejected", now_s, None, f"desired state for {desired.agent_id!r}")]
-        if desired.generation <= self.applied_generation:
+        if desired.generation <= self.taken_generation:
             self.counters["stale"] += 1
             return [self.event("desired_ignored", now_s, desired.generation,
-                               f"generation {desired.generation} <= applied {self.applied_generation}")]
+                               f"generation {desired.generation} is stale: {self.taken_generation} already taken")]
         self.counters["orders"] += 1
         out: list[Outgoing] = []
         size = desired.batch_size
-        self.applied_generation = desired.generation  # as the real agent: taken, then refused if unservable
+        self.taken_generation = desired.generation
         if size is not None and size not in self.queue.profile.costs:
             self.counters["refused"] += 1
-            return [self.event("swap_failed", now_s, desired.generation, f"no engine for batch size {size}"),
+            detail = f"no engine for batch size {size}"
+            self.decided(desired.generation, "refused", now_s, detail, size, "no_artifact")
+            return [self.event("desired_refused", now_s, desired.generation, detail, refusal="no_artifact"),
                     self.status(now_s)]
         if self.pending_generation is not None:
             self.counters["superseded"] += 1
-            out.append(self.event("desired_ignored", now_s, self.pending_generation,
-                                  "superseded before it took effect"))
+            detail = f"superseded by generation {desired.generation} before it took effect"
+            self.decided(self.pending_generation, "superseded", now_s, detail, None)
+            out.append(self.event("desired_superseded", now_s, self.pending_generation, detail))
             self.queue.switch = None
             self.pending_generation = None
         if size is not None and size != self.queue.size:
             self.queue.order(size, now_s + self.swap_delay_s)
             self.pending_generation = desired.generation
         else:
-            out.append(self.event("desired_applied", now_s, desired.generation, f"batch size {self.queue.size} kept"))
+            self.applied_generation = desired.generation
+            detail = f"batch size {self.queue.size} kept"
+            self.decided(desired.generation, "applied", now_s, detail, self.queue.size)
+            out.append(self.event("desired_applied", now_s, desired.generation, detail))
         out.append(self.status(now_s))
         return out
 
@@ -462,6 +480,9 @@ class AgentWire:
         out: list[Outgoing] = []
         for at, size in fig.applied:
             self.counters["applied"] += 1
+            if self.pending_generation is not None:
+                self.applied_generation = self.pending_generation
+                self.decided(self.pending_generation, "applied", at, f"batch size {size}", size)
             out.append(self.event("desired_applied", at, self.pending_generation,
                                   f"batch size {size} from generation {self.pending_generation}",
                                   {"receive_to_first_batch": round(self.swap_delay_s * 1000, 2)}))

@@ -39,6 +39,7 @@ from schemas import AgentEvent, DesiredState, Topics, decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = 3
+OUTCOMES = ("desired_applied", "desired_refused", "desired_superseded")  # exactly one per order
 
 
 class OutputTimes:
@@ -100,14 +101,14 @@ async def main(store_location: str | None) -> dict[str, object]:
             sent = time.monotonic()
             await operator.publish(topics.desired("a1"), encode(DesiredState(agent_id="a1", generation=generation,
                                                                              batch_size=size)), qos=1, retain=True)
-            while not any(e.generation == generation and e.kind in ("swap_finished", "swap_failed") for e in events):
+            while not any(e.generation == generation and e.kind in OUTCOMES for e in events):
                 await asyncio.sleep(0.02)
             await asyncio.sleep(2.0)
-            done = next(e for e in events if e.generation == generation and e.kind.startswith("swap_f"))
+            done = next(e for e in events if e.generation == generation and e.kind in OUTCOMES)
             results.append({
                 "swap": f"batch {previous} -> {size}",
                 "cache": cache,
-                "outcome": done.kind,
+                "outcome": done.kind + (f" ({done.refusal}: {done.detail})" if done.refusal else ""),
                 "frames_dropped": pipeline.stats.dropped - dropped_before,
                 "longest_output_gap_ms": round(outputs.longest_gap(sent, time.monotonic()) * 1000, 1),
                 "command_to_first_batch_ms": done.timings_ms.get("decision_to_first_batch"),

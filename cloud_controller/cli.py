@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-interval-s", type=float, default=2.0,
                    help="at most this often per agent, publish what the policy learned (retained)")
     p.add_argument("--fleet-interval", type=float, default=10.0, help="seconds between fleet summaries")
+    p.add_argument("--pending-timeout", type=float, default=120.0,
+                   help="seconds to wait for an agent's outcome of an order before deciding again (120)")
+    p.add_argument("--refusal-hold", type=float, default=600.0,
+                   help="seconds a batch size an agent refused is not ordered again (600)")
     p.add_argument("--http", default="127.0.0.1:8080",
                    help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -65,7 +69,8 @@ async def serve(args: argparse.Namespace) -> int:
     controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), args.policy_object,
                             prefix=args.prefix, controller_id=args.id, share_group=args.share_group,
                             ownership=args.ownership, heartbeat_s=args.heartbeat_s,
-                            profile_interval_s=args.profile_interval_s)
+                            profile_interval_s=args.profile_interval_s,
+                            pending_timeout_s=args.pending_timeout, refusal_hold_s=args.refusal_hold)
     controller.decision_listeners.append(
         lambda view, desired, decision: print(
             f"{view.agent_id}: gen {desired.generation} -> batch {desired.batch_size}: {desired.reason}", flush=True))
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                          slo_ms=args.slo_ms)
         if not 0.05 <= args.heartbeat_s <= 60:
             raise ValueError(f"--heartbeat-s {args.heartbeat_s} must be in [0.05, 60]")
+        if args.pending_timeout <= 0 or args.refusal_hold < 0:
+            raise ValueError("--pending-timeout must be > 0 and --refusal-hold >= 0 seconds")
         if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
             raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:

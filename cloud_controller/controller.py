@@ -38,7 +38,7 @@ from typing import Any, Literal
 from cloud_controller.ownership import OwnerMap
 from cloud_controller.policies import BatchPolicy, Decision
 from cloud_controller.replicas import Membership, ReplicaIdClash
-from cloud_controller.view import AgentView, PendingChange
+from cloud_controller.view import AgentView, PendingChange, Refusal
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
     MAX_PAYLOAD_BYTES,
@@ -48,6 +48,7 @@ from schemas import (
     ControllerAlive,
     ControllerTopic,
     DesiredState,
+    OrderOutcome,
     PayloadError,
     PolicyState,
     Telemetry,
@@ -58,6 +59,13 @@ from schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+_OUTCOME_OF_EVENT: dict[str, Literal["applied", "refused", "superseded", "stale"]] = {
+    "desired_applied": "applied",
+    "desired_refused": "refused",
+    "desired_superseded": "superseded",
+    "desired_ignored": "stale",
+}
 
 DecisionListener = Callable[[AgentView, DesiredState, Decision], None]
 EventListener = Callable[[AgentEvent], None]
@@ -82,6 +90,9 @@ class ControllerCounters:
     profiles_imported: int = 0
     profiles_published: int = 0
     views_expired: int = 0
+    refusals: int = 0  # orders an agent refused (each generation once)
+    orders_timed_out: int = 0  # pending orders that got no outcome in time
+    held_outside_limits: int = 0  # decisions for a size the agent cannot serve or refused lately
 
 
 class Controller:
@@ -100,6 +111,8 @@ class Controller:
         profile_interval_s: float = 2.0,
         view_ttl_s: float = 300.0,
         max_queued_incoming: int = 50_000,
+        pending_timeout_s: float = 120.0,
+        refusal_hold_s: float = 600.0,
     ) -> None:
         if ownership not in OWNERSHIP_MODES:
             raise ValueError(f"ownership {ownership!r} must be one of {', '.join(OWNERSHIP_MODES)}")
@@ -126,6 +139,8 @@ class Controller:
         self._clash: asyncio.Future[None] | None = None
         self._leaving = False
         self._last_window: dict[str, float] = {}  # shared-hash: when each held agent's telemetry last came
+        self.pending_timeout_s = pending_timeout_s  # an order with no outcome by then is given up on
+        self.refusal_hold_s = refusal_hold_s  # a refused size is not ordered again for this long
         t = self.topics
         telemetry = t.all_agents("telemetry")
         self.bus = MqttBus(
@@ -197,10 +212,7 @@ class Controller:
                 if len(message.payload) <= MAX_PAYLOAD_BYTES:
                     self._profiles[topic.agent_id] = message.payload  # decoded only by a replica taking it over
             elif topic.channel == "events":
-                event = decode(AgentEvent, message.payload)
-                self.counters.events += 1
-                for listener in self.event_listeners:
-                    listener(event)
+                self.on_event(topic.agent_id, decode(AgentEvent, message.payload))
         except PayloadError as exc:
             self.counters.rejected += 1
             log.warning("dropped %s: %s", message.topic, exc)
@@ -213,6 +225,8 @@ class Controller:
         view = self.view(agent_id)
         view.status = status
         view.online = status.state == "online"
+        if status.last_order is not None:  # retained: a controller that connects later learns it here
+            self.on_order_outcome(view, status.last_order)
 
     def on_desired(self, agent_id: str, desired: DesiredState) -> None:
         if desired.agent_id != agent_id:
@@ -232,12 +246,19 @@ class Controller:
         view = self.view(agent_id)
         view.telemetry = telemetry
         view.online = True
+        self._expire_pending(view)
         if not view.settled(telemetry):
             return
-        decision = self.policy.decide(telemetry)
+        limits = view.limits(time.monotonic())
+        decision = self.policy.decide(telemetry, limits)
         if agent_id in self.owned:
             self._publish_profile(agent_id)
         if decision is None or decision.batch_size == telemetry.batch_size:
+            return
+        if not limits.allows(decision.batch_size):
+            self.counters.held_outside_limits += 1
+            log.info("%s: holding; %s wanted batch %d, outside what the agent serves (%s)", view.agent_id,
+                     self.policy.name, decision.batch_size, limits)
             return
         await self.order(view, decision)
 
@@ -430,6 +451,68 @@ class Controller:
         self.counters.views_expired += len(gone)
         return len(gone)
 
+    # --- order outcomes (the agent's reconciler reports one per generation) ---------------
+
+    def on_event(self, agent_id: str, event: AgentEvent) -> None:
+        if event.agent_id != agent_id:
+            self.counters.rejected += 1
+            return
+        self.counters.events += 1
+        for listener in self.event_listeners:
+            listener(event)
+        outcome = _OUTCOME_OF_EVENT.get(event.kind)
+        if outcome is None or event.generation is None:
+            return
+        view = self.view(agent_id)
+        if outcome == "stale":
+            # The agent had already passed this generation: an order of ours it will never apply.
+            if view.pending is not None and view.pending.generation == event.generation:
+                log.warning("%s: generation %d ignored as stale by the agent; not waiting for it", agent_id,
+                            event.generation)
+                view.pending = None
+            return
+        ordered = view.pending.batch_size if view.pending and view.pending.generation == event.generation else None
+        self.on_order_outcome(view, OrderOutcome(generation=event.generation, outcome=outcome, refusal=event.refusal,
+                                                 detail=event.detail, batch_size=ordered, ts=event.ts))
+
+    def on_order_outcome(self, view: AgentView, outcome: OrderOutcome) -> None:
+        """Act once per generation: a refusal or a supersession ends the wait, and a refused size is held off."""
+        last = view.last_outcome
+        if last is not None and last.generation > outcome.generation:
+            return
+        if last is not None and last.generation == outcome.generation and (
+                last.batch_size is not None or outcome.batch_size is None):
+            return  # seen already (the event, then the status); only a size the event lacked is news
+        view.last_outcome = outcome
+        pending = view.pending
+        if pending is not None and pending.generation <= outcome.generation and outcome.outcome != "applied":
+            view.pending = None  # nothing will take effect: decide again on the next settled window
+        if outcome.outcome != "refused":
+            return  # applied: the pending change clears when telemetry shows the new size (cool-down)
+        size = outcome.batch_size or (pending.batch_size if pending and pending.generation == outcome.generation
+                                      else None)
+        if size is None:
+            return  # the status that follows names the size
+        self.counters.refusals += 1
+        log.warning("%s refused generation %d (batch %s): %s: %s", view.agent_id, outcome.generation, size,
+                    outcome.refusal, outcome.detail)
+        reason = outcome.refusal or "unknown"
+        left = self.refusal_hold_s - max(0.0, time.time() - outcome.ts)  # a retained refusal may be old
+        if left <= 0:
+            return
+        view.refused[size] = Refusal(outcome.generation, reason, time.monotonic() + left)
+        if self.owns(view.agent_id):  # every replica keeps the view (a successor needs it); one policy learns
+            self.policy.refused(view.agent_id, size, reason)
+
+    def _expire_pending(self, view: AgentView) -> None:
+        """An order that never gets an outcome (agent restarted, message lost) is not waited on forever."""
+        pending = view.pending
+        if pending is not None and time.monotonic() - pending.issued_at > self.pending_timeout_s:
+            self.counters.orders_timed_out += 1
+            log.warning("%s: no outcome for generation %d (batch %d) in %.0f s; deciding again", view.agent_id,
+                        pending.generation, pending.batch_size, self.pending_timeout_s)
+            view.pending = None
+
     async def run(self) -> None:
         """Serve until cancelled; raises ReplicaIdClash if another live instance has this id."""
         self._clash = asyncio.get_running_loop().create_future()
@@ -466,7 +549,7 @@ class Controller:
                 delay = f"batch delay {batch.mean_ms:.0f} ms" if batch is not None else "no batch delay"
                 figures = (f"batch {t.batch_size}, {t.fps_out:.1f} fps out, {delay}, "
                            f"dropped {t.dropped}, missed {t.deadline_misses}")
-            lines.append(f"{v.agent_id}: {'online' if v.online else 'offline'}, {figures}")
+            lines.append(f"{v.agent_id}: {'online' if v.online else 'offline'}, {figures}{order_summary(v)}")
         return lines
 
 
@@ -486,3 +569,10 @@ def _same_profile(a: PolicyState, b: PolicyState | None) -> bool:
         return False
     return all(abs(d - b.delay_ms_by_batch[s]) <= PROFILE_CHANGE * max(b.delay_ms_by_batch[s], 1e-3)
                for s, d in a.delay_ms_by_batch.items())
+def order_summary(view: AgentView) -> str:
+    """The agent's verdict on the last order, for the fleet views: '; last order: gen 7 refused (no_artifact)'."""
+    o = view.last_outcome
+    if o is None:
+        return ""
+    size = f" batch {o.batch_size}" if o.batch_size else ""
+    return f"; last order: gen {o.generation}{size} {o.outcome}" + (f" ({o.refusal})" if o.refusal else "")

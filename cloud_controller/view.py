@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from cloud_controller.policies import Decision
-from schemas import AgentStatus, DesiredState, Telemetry
+from cloud_controller.policies import AgentLimits, Decision
+from schemas import AgentStatus, DesiredState, OrderOutcome, Telemetry
 
 MAX_DECISIONS = 200  # kept per agent for the fleet view; older ones are in the controller's log
 
@@ -15,6 +16,16 @@ MAX_DECISIONS = 200  # kept per agent for the fleet view; older ones are in the 
 class PendingChange:
     generation: int
     batch_size: int
+    issued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An order the agent refused: its size is not ordered again until ``until`` (monotonic)."""
+
+    generation: int
+    reason: str
+    until: float
 
 
 @dataclass
@@ -28,11 +39,23 @@ class AgentView:
     last_desired: DesiredState | None = None  # the latest order on the wire, whoever gave it
     last_seen: float = 0.0  # time.monotonic() of the last message about this agent (views expire)
     decisions: deque[tuple[float, int, Decision]] = field(default_factory=lambda: deque(maxlen=MAX_DECISIONS))
+    last_outcome: OrderOutcome | None = None  # the agent's verdict on the last order it decided
+    refused: dict[int, Refusal] = field(default_factory=dict)  # by batch size
 
     def next_generation(self) -> int:
         applied = self.status.applied_generation if self.status else 0
         seen = self.telemetry.applied_generation if self.telemetry else 0
-        return max(self.desired_generation, applied, seen) + 1
+        decided = self.last_outcome.generation if self.last_outcome else 0
+        return max(self.desired_generation, applied, seen, decided) + 1
+
+    def limits(self, now: float) -> AgentLimits:
+        """What the policy may order: the sizes the agent says it serves, less those it refused lately."""
+        serving = self.status.serving if self.status else None
+        servable = serving.servable_batch_sizes if serving else None
+        return AgentLimits(
+            servable_batch_sizes=frozenset(servable) if servable is not None else None,
+            refused_batch_sizes=frozenset(size for size, r in self.refused.items() if r.until > now),
+        )
 
     def adopt_pending(self, latest: Telemetry) -> None:
         """Taking the agent over from another replica: an order it gave that the agent has not applied

@@ -13,7 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from cloud_controller.controller import Controller
+from cloud_controller.controller import Controller, order_summary
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def fleet_json(controller: Controller) -> dict[str, object]:
             "telemetry": t.model_dump() if t else None,
             "decisions": [{"ts": ts, "batch_size": size, "reason": d.reason}
                           for ts, size, d in list(v.decisions)[-20:]],
+            "last_order": v.last_outcome.model_dump() if v.last_outcome else None,
+            "refused_batch_sizes": sorted(v.limits(time.monotonic()).refused_batch_sizes),
         })
     return {"policy": controller.policy.name, "controller_id": controller.controller_id,
             "replicas": list(controller.membership.live), "owned": len(controller.owned),
@@ -92,11 +94,12 @@ def fleet_page(controller: Controller) -> str:
                       str(t.dropped), str(t.deadline_misses), f"{t.resources.memory_used_ratio:.0%}"]
         else:
             cells += ["", "", "", "", "", "", ""]
+        cells.append(order_summary(v).removeprefix("; last order: "))
         cells.append(last)
         css = "" if v.online else " class='offline'"
         rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("agent", "state", "batch", "fps in", "fps out", "e2e p95 ms",
-                                              "dropped", "missed", "memory", "last decision"))
+                                              "dropped", "missed", "memory", "last order", "last decision"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
         "<title>edgebatch fleet</title><style>body{font-family:sans-serif}td,th{padding:4px 10px;"
@@ -108,7 +111,7 @@ def fleet_page(controller: Controller) -> str:
         f"<p>replica <b>{html.escape(controller.controller_id)}</b> ({controller.ownership}) of "
         f"{html.escape(', '.join(controller.membership.live) or 'none yet')}; deciding for "
         f"{len(controller.owned)} agents (figures are shown where they are decided)</p>"
-        f"<table><tr>{head}</tr>{''.join(rows) or '<tr><td colspan=10>no agents yet</td></tr>'}</table>"
+        f"<table><tr>{head}</tr>{''.join(rows) or '<tr><td colspan=11>no agents yet</td></tr>'}</table>"
         "</body></html>"
     )
 

@@ -1,4 +1,5 @@
-"""The agent on MQTT: publishes status, telemetry and events; follows the retained desired state."""
+"""The agent on MQTT: publishes status, telemetry and events; hands the retained desired state to its
+reconciler (``edge_agent.control``), the one owner of what it serves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from edge_agent.control import Reconciler
+from edge_agent.control.reconciler import raise_if_cancelling
 from edge_agent.engines import available_backends
 from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline
@@ -18,6 +20,7 @@ from edge_agent.settings import AgentSettings
 from edge_agent.sinks import to_message
 from edge_agent.stats import WindowStats
 from edge_agent.streams import StreamRoster
+from edge_agent.swap import EngineSwapper
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
     AdmissionFigures,
@@ -29,6 +32,7 @@ from schemas import (
     ModelAnnouncement,
     ModelTopic,
     PayloadError,
+    RefusalReason,
     RunSummary,
     ServingState,
     Telemetry,
@@ -44,18 +48,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class AgentCounters:
     rejected_payloads: int = 0
-    stale_desired: int = 0
-    applied_desired: int = 0
     telemetry_sent: int = 0
     telemetry_unsent: int = 0
-
-
-class SwapHandler(Protocol):
-    """Engine changes through a model registry (``edge_agent.swap.EngineSwapper``)."""
-
-    async def apply(self, agent: Agent, desired: DesiredState) -> None: ...
-
-    async def prefetch(self, announcement: ModelAnnouncement, batch_size: int) -> None: ...
 
 
 class Agent:
@@ -65,7 +59,7 @@ class Agent:
         probe: ResourceProbe,
         settings: AgentSettings,
         on_window: Callable[[WindowStats], None] | None = None,
-        swap_handler: SwapHandler | None = None,
+        swap_handler: EngineSwapper | None = None,
         roster: StreamRoster | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -81,7 +75,9 @@ class Agent:
         self.on_window = on_window
         self.swap_handler = swap_handler
         self.counters = AgentCounters()
-        self.applied_generation = 0
+        # The sole owner of serving state: orders go through it, nothing else switches the pipeline.
+        self.reconciler = Reconciler(pipeline, probe, self, loader=swap_handler,
+                                     on_streams=self.apply_streams if roster is not None else None)
         self._telemetry_seq = 0
         self._capabilities: Capabilities | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -98,6 +94,11 @@ class Agent:
             will=WillMessage(self.topics.status(self.agent_id), encode(offline), qos=1, retain=True),
             on_connect=self.publish_status,
         )
+
+    @property
+    def applied_generation(self) -> int:
+        """Last desired-state generation that took effect (its first batch was inferred)."""
+        return self.reconciler.applied_generation
 
     # --- outgoing -----------------------------------------------------------------------
 
@@ -129,8 +130,9 @@ class Agent:
             state=state,  # type: ignore[arg-type]
             capabilities=self.capabilities(),
             serving=ServingState(model=serving.model, version=serving.version, batch_size=serving.batch_size,
-                                 backend=serving.engine.backend),
+                                 backend=serving.engine.backend, servable_batch_sizes=self.reconciler.servable),
             applied_generation=self.applied_generation,
+            last_order=self.reconciler.last_order,
         )
 
     async def write(self, frames: Sequence[Frame]) -> None:
@@ -148,11 +150,12 @@ class Agent:
         await self.bus.publish(self.topics.status(self.agent_id), encode(self.status(state)), qos=1, retain=True)
 
     async def publish_event(self, kind: EventKind, detail: str = "", generation: int | None = None,
-                            timings_ms: dict[str, float] | None = None,
+                            timings_ms: dict[str, float] | None = None, refusal: RefusalReason | None = None,
                             admission: AdmissionFigures | None = None) -> None:
         event = AgentEvent(agent_id=self.agent_id, kind=kind, detail=detail[:4000], generation=generation,
-                           timings_ms=timings_ms or {}, admission=admission)
-        log.info("event %s gen=%s %s", kind, generation, detail)
+                           timings_ms=timings_ms or {}, refusal=refusal, admission=admission)
+        level = logging.WARNING if kind in ("desired_refused", "swap_failed", "payload_rejected") else logging.INFO
+        log.log(level, "event %s gen=%s %s%s", kind, generation, f"[{refusal}] " if refusal else "", detail)
         await self.bus.publish(self.topics.events(self.agent_id), encode(event), qos=1)
 
     async def telemetry(self) -> Telemetry:
@@ -190,6 +193,7 @@ class Agent:
         await self.pipeline.started.wait()
         next_at = time.monotonic() + interval
         while True:
+            raise_if_cancelling()  # a publish may have swallowed the cancellation (see there)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
             message = await self.telemetry()
@@ -235,61 +239,23 @@ class Agent:
             log.warning("model announcement rejected: %s", exc)
             return
         if self.swap_handler is not None and name == self.pipeline.serving.model:
-            self._spawn(self.swap_handler.prefetch(announcement, self.pipeline.batch_size),
-                        f"agent[{self.agent_id}].prefetch")
+            self._spawn(self._on_serving_model_announced(announcement), f"agent[{self.agent_id}].prefetch")
+
+    async def _on_serving_model_announced(self, announcement: ModelAnnouncement) -> None:
+        assert self.swap_handler is not None
+        await self.swap_handler.prefetch(announcement, self.pipeline.batch_size)
+        before = self.reconciler.servable
+        if await self.reconciler.refresh_servable() != before:
+            await self.publish_status()  # the controller bounds its orders by these sizes
 
     async def apply_desired(self, desired: DesiredState) -> None:
+        """Hand an order to the reconciler; it reports the outcome (applied, refused, superseded, stale)."""
         if desired.agent_id != self.agent_id:
             self.counters.rejected_payloads += 1
-            await self.publish_event("payload_rejected", f"desired state for {desired.agent_id!r}")
+            await self.publish_event("payload_rejected", f"desired state for {desired.agent_id!r}",
+                                     refusal="bad_input")
             return
-        if desired.generation <= self.applied_generation:
-            self.counters.stale_desired += 1
-            await self.publish_event("desired_ignored", f"generation {desired.generation} <= applied "
-                                     f"{self.applied_generation}", desired.generation)
-            return
-        serving = self.pipeline.serving
-        wants_model = (desired.model or serving.model) != serving.model or (
-            desired.version or serving.version) != serving.version
-        self.applied_generation = desired.generation
-        self.counters.applied_desired += 1
-        if desired.streams is not None:
-            self._spawn(self.apply_streams(desired), f"agent[{self.agent_id}].streams")
-        if self.swap_handler is not None:
-            # Off the message loop: a download must not hold up other messages.
-            self._spawn(self.swap_handler.apply(self, desired), f"agent[{self.agent_id}].swap")
-            return
-        if wants_model or (desired.batch_size and serving.engine.batch_sizes is not None
-                           and desired.batch_size not in serving.engine.batch_sizes):
-            await self.publish_event("swap_failed", "model/version or engine change requested but this agent "
-                                     "has no model registry configured", desired.generation)
-            return
-        if desired.batch_size and desired.batch_size != serving.batch_size:
-            received = time.time()
-            try:
-                switched = self.pipeline.switch(batch_size=desired.batch_size, generation=desired.generation)
-            except Exception as exc:  # SwapError: refuse, keep serving
-                await self.publish_event("swap_failed", str(exc), desired.generation)
-                return
-            asyncio.get_running_loop().create_task(self._report_switch(desired, switched, received))
-        else:
-            await self.publish_event("desired_applied", f"batch size {serving.batch_size} kept", desired.generation)
-        await self.publish_status()
-
-    async def _report_switch(self, desired: DesiredState, switched: asyncio.Future[float], received: float) -> None:
-        try:
-            at = await switched
-        except asyncio.CancelledError:
-            await self.publish_event("desired_ignored", "superseded before it took effect", desired.generation)
-            return
-        first_batch_wall = time.time() - (time.monotonic() - at)
-        await self.publish_event(
-            "desired_applied",
-            f"batch size {desired.batch_size} from generation {desired.generation}",
-            desired.generation,
-            {"decision_to_first_batch": round((first_batch_wall - desired.ts) * 1000, 2),
-             "receive_to_first_batch": round((first_batch_wall - received) * 1000, 2)},
-        )
+        await self.reconciler.submit(desired)
 
     # --- streams (admission control) -----------------------------------------------------
 
@@ -330,6 +296,7 @@ class Agent:
             telemetry = tg.create_task(self._telemetry_loop(), name=f"agent[{self.agent_id}].telemetry")
             if self.roster is not None:
                 self._spawn(self.roster.run(), f"agent[{self.agent_id}].admission")
+            reconciler = tg.create_task(self.reconciler.run(), name=f"agent[{self.agent_id}].reconciler")
             # Give the broker a moment so the first figures and orders are not missed; never more.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.connect_wait_s):
@@ -338,6 +305,7 @@ class Agent:
                 await self._publish_stream_decisions()
             summary = await self.pipeline.run()
             telemetry.cancel()
+            reconciler.cancel()
             for task in list(self._background):
                 task.cancel()
             if self.bus.connected.is_set():

@@ -87,8 +87,9 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
                     f"{'cache hit' if t.get('cache_hit') else 'downloaded'} {t.get('download', 0):.0f} ms, "
                     f"load {t.get('load', 0):.0f} ms, warm-up {t.get('warmup', 0):.0f} ms; first batch "
                     f"{t['decision_to_first_batch']:.0f} ms after the decision")
-            elif event.kind in ("swap_failed", "payload_rejected", "error"):
-                say(f"[bold red]agent[/bold red] {event.kind}: {event.detail}")
+            elif event.kind in ("desired_refused", "payload_rejected", "error"):
+                reason = f" [{event.refusal}]" if event.refusal else ""
+                say(f"[bold red]agent[/bold red] {event.kind}{reason}: generation {event.generation}: {event.detail}")
 
         controller.event_listeners.append(on_event)
         fleet = FleetServer(controller, "127.0.0.1", 0)
@@ -137,7 +138,8 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
     path = " -> ".join(str(d[1]) for d in controller.agents["demo-agent"].decisions) if controller.agents else ""
     console.print(f"controller: {controller.counters.telemetry} telemetry messages, "
                   f"{controller.counters.decisions} decisions (batch {initial_batch} -> {path or 'no change'}); "
-                  f"engine swaps: {swapper.swaps} done, {swapper.failures} failed; "
+                  f"orders: {agent.reconciler.counters.applied} applied ({agent.reconciler.counters.engine_swaps} "
+                  f"engine swaps), {agent.reconciler.counters.refused} refused; "
                   f"[bold]frames lost: {summary.frames_in - summary.frames_out - summary.dropped}[/bold]")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from schemas import RefusalReason
+
 
 class EdgeAgentError(Exception):
     """Base of every error the agent reports to a user."""
@@ -31,3 +33,12 @@ class BackendUnavailable(EdgeAgentError):
 
 class SwapError(EdgeAgentError):
     """An engine swap that was refused or failed; the serving engine keeps serving."""
+
+
+class OrderRefused(SwapError):
+    """A desired state the agent will not apply, with a machine-readable reason for the controller."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: RefusalReason = reason
+        self.detail = detail

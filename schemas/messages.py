@@ -60,6 +60,34 @@ def encode(message: WireModel) -> bytes:
     return message.model_dump_json().encode()
 
 
+# --- order lifecycle (the agent's reconciler reports each desired generation's outcome) -----
+
+RefusalReason = Literal[
+    "unknown_model",  # the registry has no model of that name
+    "unknown_version",  # the model has no such version
+    "no_artifact",  # no artifact of the model/version serves this batch size on this device
+    "fetch_error",  # the registry could not be read, or the download failed its sha256/size check
+    "memory",  # the memory guard's estimate does not fit beside the serving engine
+    "load_error",  # loading or warming up the new engine raised (any exception)
+    "bad_input",  # an order that cannot apply to this agent (e.g. addressed to another agent)
+    "no_registry",  # needs another engine (model, version or batch size) and no registry is configured
+]
+OrderOutcomeKind = Literal["applied", "refused", "superseded"]
+
+
+class OrderOutcome(WireModel):
+    """How the agent decided one desired-state generation; the last one is kept in the retained status."""
+
+    generation: int = Field(ge=1, le=MAX_INT, description="desired-state generation decided")
+    outcome: OrderOutcomeKind = Field(description="applied (first batch at the new setting inferred), refused "
+                                      "(serving state unchanged) or superseded (a newer generation came first)")
+    refusal: RefusalReason | None = Field(default=None, description="machine-readable reason when refused")
+    detail: str = Field(default="", max_length=4000, description="human-readable explanation")
+    batch_size: BatchSize | None = Field(default=None, description="batch size the order asked for (resolved "
+                                         "against what was served when it came)")
+    ts: float = Field(default_factory=now_s, description="unix time it was decided")
+
+
 # --- status ---------------------------------------------------------------------------------
 
 
@@ -78,6 +106,9 @@ class ServingState(WireModel):
     version: str = Field(description="model version being served")
     batch_size: BatchSize
     backend: str = Field(description="inference backend serving it")
+    servable_batch_sizes: list[BatchSize] | None = Field(
+        default=None, max_length=1024, description="batch sizes this agent can serve (its engine's, or its "
+        "registry's artifacts' for this model and device); None = any")
 
 
 class AgentStatus(WireModel):
@@ -87,6 +118,8 @@ class AgentStatus(WireModel):
     capabilities: Capabilities | None = Field(default=None, description="absent in the last will")
     serving: ServingState | None = Field(default=None, description="what the agent serves now")
     applied_generation: int = Field(default=0, ge=0, le=MAX_INT, description="last desired-state generation applied")
+    last_order: OrderOutcome | None = Field(default=None, description="outcome of the last desired-state "
+                                            "generation decided (applied, refused or superseded)")
 
 
 # --- streams and admission control ---------------------------------------------------------
@@ -248,6 +281,9 @@ EventKind = Literal[
     "stream_overrun",
     "stream_parked",
     "stream_removed",
+    # order lifecycle: exactly one outcome per generation (desired_applied above, desired_ignored = stale)
+    "desired_refused",
+    "desired_superseded",
 ]
 
 
@@ -260,6 +296,8 @@ class AgentEvent(WireModel):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="e.g. download, load, warmup")
     admission: AdmissionFigures | None = Field(default=None, description="stream_* events: the admission "
                                                "figures behind the decision")
+    refusal: RefusalReason | None = Field(default=None, description="machine-readable reason of a "
+                                          "desired_refused (or swap_failed, payload_rejected) event")
 
 
 # --- controller state -----------------------------------------------------------------------

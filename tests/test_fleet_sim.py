@@ -13,7 +13,7 @@ import pytest
 from cloud_controller.policies import POLICIES
 from mqtt_bus import BrokerSettings
 from mqtt_bus.local_broker import LocalBroker
-from schemas import AgentEvent, DesiredState, Telemetry, Topics, decode
+from schemas import AgentEvent, AgentStatus, DesiredState, Telemetry, Topics, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,22 +107,25 @@ def test_wire_obeys_the_newest_generation_and_says_what_it_did() -> None:
         return [(e.kind, e.generation) for e in found]
 
     assert events(wire.on_desired(DesiredState(agent_id="a1", generation=2, batch_size=4), 1.0)) == []
-    assert queue.switch == (1.5, 4) and wire.applied_generation == 2
+    assert queue.switch == (1.5, 4) and wire.applied_generation == 0  # applied means took effect
     assert events(wire.on_desired(DesiredState(agent_id="a1", generation=1, batch_size=8), 1.1)) == [
         ("desired_ignored", 1)]
     assert queue.switch == (1.5, 4)
     assert events(wire.on_desired(DesiredState(agent_id="a1", generation=3, batch_size=8), 1.2)) == [
-        ("desired_ignored", 2)]  # superseded before it took effect
+        ("desired_superseded", 2)]
     assert queue.switch == (1.7, 8)
     assert events(wire.on_desired(DesiredState(agent_id="a1", generation=4, batch_size=64), 1.3)) == [
-        ("swap_failed", 4)]
+        ("desired_refused", 4)]
     fig = queue.run_window(1.0, 2.0)
     assert events(wire.applied(fig)) == [("desired_applied", 3)]
     topic, payload, qos, retain = wire.telemetry(fig, 2.0)
     telemetry = decode(Telemetry, payload)
     assert (topic, qos, retain) == ("tp/agents/a1/telemetry", 0, False)
     assert telemetry.batch_size == 8 and not telemetry.batch_size_uniform
-    assert telemetry.applied_generation == 4  # as the real agent: a refused generation was still taken
+    assert telemetry.applied_generation == 3  # as the real agent: the refused generation 4 is not applied
+    status = decode(AgentStatus, wire.status(2.0)[1])
+    assert status.last_order is not None and (status.last_order.generation, status.last_order.outcome) == (3, "applied")
+    assert status.serving is not None and status.serving.servable_batch_sizes == sorted(DELAYS)
     assert set(telemetry.latency) == {"pre", "queue", "infer", "post", "e2e", "batch"}
     assert telemetry.source_fps_total == 50 and telemetry.ts == 1002.0
 

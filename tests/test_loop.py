@@ -50,7 +50,8 @@ async def test_closed_loop_moves_the_agent_up_the_ladder(broker, prefix, engine,
                             controller_id=f"ctl-{prefix}")
     async with running(controller.run()), running(agent.run()) as agent_task:
         # 1 stream at 10 fps: ~30 ms a frame on this CPU is well inside n x 100 ms, so it grows.
-        await eventually(lambda: agent.pipeline.batch_size >= 4, 60, "batch size 4")
+        # applied_generation moves when the new size's first batch is inferred, not on receipt.
+        await eventually(lambda: agent.pipeline.batch_size >= 4 and agent.applied_generation >= 2, 60, "batch size 4")
         agent.pipeline.stop()
         summary = await agent_task
     view = controller.agents["cam1"]
@@ -59,7 +60,8 @@ async def test_closed_loop_moves_the_agent_up_the_ladder(broker, prefix, engine,
     assert all("kum2022" in d[2].reason or "grow" in d[2].reason for d in view.decisions)
     assert summary.frames_out + summary.dropped == summary.frames_in
     assert summary.dropped == 0
-    assert agent.applied_generation == len(view.decisions)
+    assert 2 <= agent.applied_generation <= len(view.decisions)  # a last order may not have taken effect
+    assert agent.reconciler.counters.refused == 0
     assert controller.counters.telemetry > 0 and controller.counters.rejected == 0
 
 
@@ -132,7 +134,7 @@ async def test_stale_generations_are_ignored(broker, prefix, engine, decoder, sh
                           retain=True)
         await eventually(lambda: agent.pipeline.batch_size == 2 and agent.applied_generation == 5, 20, "gen 5")
         await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=3, batch_size=8)))
-        await eventually(lambda: agent.counters.stale_desired == 1, 10, "stale counted")
+        await eventually(lambda: agent.reconciler.counters.stale == 1, 10, "stale counted")
         assert agent.pipeline.batch_size == 2 and agent.applied_generation == 5
         events = [decode(AgentEvent, p) for p in obs.on(topics.events("cam1"))]
         await eventually(lambda: any(decode(AgentEvent, p).kind == "desired_ignored"

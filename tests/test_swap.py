@@ -1,4 +1,4 @@
-"""Engine swaps from the registry under a real-time stream: no frame lost; failures keep the old engine."""
+"""Engine swaps from the registry under a real-time stream: no frame lost; refusals keep the old engine."""
 
 from __future__ import annotations
 
@@ -65,9 +65,12 @@ def events(obs, topics: Topics, generation: int) -> list[AgentEvent]:
 async def order(obs, topics: Topics, generation: int, **fields) -> AgentEvent:
     await obs.publish(topics.desired("cam1"), encode(DesiredState(agent_id="cam1", generation=generation, **fields)),
                       retain=True)
-    await eventually(lambda: any(e.kind in ("swap_finished", "swap_failed") for e in events(obs, topics, generation)),
-                     60, f"swap outcome of generation {generation}")
-    return next(e for e in events(obs, topics, generation) if e.kind in ("swap_finished", "swap_failed"))
+    await eventually(lambda: any(e.kind in OUTCOMES for e in events(obs, topics, generation)),
+                     60, f"outcome of generation {generation}")
+    return next(e for e in events(obs, topics, generation) if e.kind in OUTCOMES)
+
+
+OUTCOMES = ("desired_applied", "desired_refused", "desired_superseded")
 
 
 async def test_batch_and_version_swaps_lose_no_frame(broker, prefix, decoder, short_video, registry_dir,
@@ -80,19 +83,21 @@ async def test_batch_and_version_swaps_lose_no_frame(broker, prefix, decoder, sh
         task = asyncio.create_task(agent.run())
         await agent.bus.wait_connected(10)
         up = await order(obs, topics, 1, batch_size=4)
-        assert up.kind == "swap_finished", up.detail
+        assert up.kind == "desired_applied", up.detail
+        assert any(e.kind == "swap_finished" for e in events(obs, topics, 1)), "swap events kept for listeners"
         assert agent.pipeline.serving.engine.batch_sizes == frozenset({4})  # a real engine swap
         assert up.timings_ms["cache_hit"] == 0 and up.timings_ms["load"] > 0 and up.timings_ms["switch"] >= 0
         down = await order(obs, topics, 2, batch_size=2)
-        assert down.kind == "swap_finished" and down.timings_ms["cache_hit"] == 1, "back to 2: cached, no download"
+        assert down.kind == "desired_applied" and down.timings_ms["cache_hit"] == 1, "back to 2: cached, no download"
         version = await order(obs, topics, 3, version="2")
-        assert version.kind == "swap_finished", version.detail
+        assert version.kind == "desired_applied", version.detail
         assert agent.pipeline.serving.version == "2" and agent.pipeline.batch_size == 2
         assert version.timings_ms["load"] > 0, "version 2 has other bytes: a real load"
         await asyncio.sleep(1.0)
         agent.pipeline.stop()
         summary = await asyncio.wait_for(task, 60)
-    assert swapper.swaps == 3 and swapper.failures == 0
+    counters = agent.reconciler.counters
+    assert counters.engine_swaps == 3 and counters.applied == 3 and counters.refused == 0
     assert summary.dropped == 0
     assert summary.frames_out == summary.frames_in, "no frame lost across three swaps"
     assert {2, 4} <= set(summary.batches_by_size)
@@ -111,14 +116,17 @@ async def test_failed_swaps_leave_the_old_engine_serving(broker, prefix, decoder
         await agent.bus.wait_connected(10)
 
         unknown = await order(obs, topics, 1, model="no-such-model")
-        assert unknown.kind == "swap_failed" and "unknown model" in unknown.detail
+        assert unknown.kind == "desired_refused" and unknown.refusal == "unknown_model", unknown
+        assert "unknown model" in unknown.detail
 
         corrupt = await order(obs, topics, 2, version="3")
-        assert corrupt.kind == "swap_failed" and "load of nanodet 3" in corrupt.detail
+        assert corrupt.kind == "desired_refused" and corrupt.refusal == "load_error", corrupt
+        assert "load of nanodet 3" in corrupt.detail
 
         swapper.guard = MemoryGuard(headroom_bytes=2**50)
         short = await order(obs, topics, 3, batch_size=4)
-        assert short.kind == "swap_failed" and "not enough host memory" in short.detail
+        assert short.kind == "desired_refused" and short.refusal == "memory", short
+        assert "not enough host memory" in short.detail
         swapper.guard = MemoryGuard()
 
         # Tamper with the stored bytes of the batch-4 artifact: the download must be refused.
@@ -131,22 +139,24 @@ async def test_failed_swaps_leave_the_old_engine_serving(broker, prefix, decoder
             mismatch = await order(obs, topics, 4, batch_size=4)
         finally:
             blob.write_bytes(original)
-        assert mismatch.kind == "swap_failed" and "sha256" in mismatch.detail
+        assert mismatch.kind == "desired_refused" and mismatch.refusal == "fetch_error", mismatch
+        assert "sha256" in mismatch.detail
         assert not ArtifactCache(tmp_path / "cache").path_for(b4).exists(), "a bad download is never cached"
 
         swapper.store = GridFsStore("mongodb://127.0.0.1:9", timeout_ms=300)
         unreachable = await order(obs, topics, 5, batch_size=4)
-        assert unreachable.kind == "swap_failed" and "MongoDB" in unreachable.detail
+        assert unreachable.kind == "desired_refused" and unreachable.refusal == "fetch_error", unreachable
+        assert "MongoDB" in unreachable.detail
         swapper.store = store
 
         assert agent.pipeline.serving.engine is serving and agent.pipeline.batch_size == 2
         out_before = agent.pipeline.stats.frames_out
         await eventually(lambda: agent.pipeline.stats.frames_out > out_before + 5, 20, "still serving")
         ok = await order(obs, topics, 6, batch_size=4)
-        assert ok.kind == "swap_finished", "after the failures a good order still works"
+        assert ok.kind == "desired_applied", "after the refusals a good order still works"
         agent.pipeline.stop()
         summary = await asyncio.wait_for(task, 60)
-    assert swapper.failures == 5
+    assert agent.reconciler.counters.refused == 5 and agent.applied_generation == 6
     assert summary.frames_out == summary.frames_in
 
 

@@ -25,8 +25,11 @@ class AgentLimits:
     """What the controller knows an agent can do, beyond its telemetry."""
 
     servable_batch_sizes: frozenset[int] | None = None  # None: any size (a dynamic engine, or unknown)
+    refused_batch_sizes: frozenset[int] = frozenset()  # the agent refused these recently: not again yet
 
     def allows(self, size: int) -> bool:
+        if size in self.refused_batch_sizes:
+            return False
         return self.servable_batch_sizes is None or size in self.servable_batch_sizes
 
 
