@@ -24,6 +24,17 @@ from paho.mqtt.properties import Properties
 log = logging.getLogger(__name__)
 
 
+class _InFlightPublishes(logging.Filter):
+    """aiomqtt warns whenever more than ten publishes are in flight. The controller publishes orders and
+    profiles beside its message loop on purpose, so many in flight is normal here, not a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+logging.getLogger("mqtt").addFilter(_InFlightPublishes())  # aiomqtt's logger
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     host: str = "127.0.0.1"
