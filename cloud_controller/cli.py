@@ -15,6 +15,7 @@ from cloud_controller.controller import OWNERSHIP_MODES, Controller
 from cloud_controller.policies import DEFAULT_POLICY, POLICIES, make_policy
 from cloud_controller.replicas import ReplicaIdClash
 from mqtt_bus import BrokerSettings
+from mqtt_bus.args import OneLineErrorParser, bounded_float, broker_url, finite_float, segment, topic_prefix
 
 log = logging.getLogger("cloud_controller")
 
@@ -32,34 +33,54 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def default_id() -> str:
+    name = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in socket.gethostname())[:100]
+    return f"controller-{name or 'host'}"
+
+
+def http_address(text: str) -> str:
+    """HOST:PORT (port 0: any free one) or 'off'."""
+    if text == "off":
+        return text
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be HOST:PORT (port 0-65535) or 'off'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloud-controller", description=__doc__)
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user:pass@]host[:port] or mqtts://")
+    p = OneLineErrorParser(prog="cloud-controller", description=__doc__)
+    p.add_argument("--broker", type=broker_url, default="mqtt://127.0.0.1:1883",
+                   help="mqtt://[user:pass@]host[:port] or mqtts://")
     p.add_argument("--ca-file", default=None, help="CA bundle for an mqtts:// broker")
     p.add_argument("--policy", default=DEFAULT_POLICY, metavar="KEY",
                    help="batch-size policy: " + "; ".join(f"{k}: {s.summary}" for k, s in POLICIES.items())
                    + f" (default {DEFAULT_POLICY})")
     p.add_argument("--ladder", default=None, help="batch sizes the policy may choose, e.g. 1,2,4,8,16")
-    p.add_argument("--memory-threshold", type=float, default=None, help="no growth above this memory ratio (0.8)")
-    p.add_argument("--slo-ms", type=float, default=None, help="end-to-end deadline (ms) for --policy deadline (1000)")
-    p.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix")
-    p.add_argument("--id", default=f"controller-{socket.gethostname()}",
+    p.add_argument("--memory-threshold", type=finite_float, default=None,
+                   help="no growth above this memory ratio (0.8)")
+    p.add_argument("--slo-ms", type=finite_float, default=None,
+                   help="end-to-end deadline (ms) for --policy deadline (1000)")
+    p.add_argument("--prefix", type=topic_prefix, default="edgebatch", help="MQTT topic prefix")
+    p.add_argument("--id", type=segment("controller id"), default=default_id(),
                    help="replica id, unique among the replicas (a second live one with the same id exits 2)")
     p.add_argument("--ownership", choices=OWNERSHIP_MODES, default="hrw",
                    help="how replicas split the fleet by agent: hrw = rendezvous hashing over the live replicas "
                    "(any broker); shared-hash = MQTT v5 shared subscription, only on a broker that shares by "
                    "topic hash (EMQX hash_topic), never mosquitto; single = this one owns every agent")
-    p.add_argument("--share-group", default="edgebatch-controllers", help="shared-subscription group (shared-hash)")
-    p.add_argument("--heartbeat-s", type=float, default=1.0,
+    p.add_argument("--share-group", type=segment("share group"), default="edgebatch-controllers",
+                   help="shared-subscription group (shared-hash)")
+    p.add_argument("--heartbeat-s", type=bounded_float(0.05, 60, low_inclusive=True), default=1.0,
                    help="seconds between replica heartbeats; a dead replica's agents move after ~4 of them")
-    p.add_argument("--profile-interval-s", type=float, default=2.0,
+    p.add_argument("--profile-interval-s", type=bounded_float(0, 3600, low_inclusive=True), default=2.0,
                    help="at most this often per agent, publish what the policy learned (retained)")
-    p.add_argument("--fleet-interval", type=float, default=10.0, help="seconds between fleet summaries")
-    p.add_argument("--pending-timeout", type=float, default=120.0,
+    p.add_argument("--fleet-interval", type=bounded_float(0.5, 86_400, low_inclusive=True), default=10.0,
+                   help="seconds between fleet summaries (>= 0.5)")
+    p.add_argument("--pending-timeout", type=bounded_float(0, 86_400), default=120.0,
                    help="seconds to wait for an agent's outcome of an order before deciding again (120)")
-    p.add_argument("--refusal-hold", type=float, default=600.0,
+    p.add_argument("--refusal-hold", type=bounded_float(0, 86_400 * 7, low_inclusive=True), default=600.0,
                    help="seconds a batch size an agent refused is not ordered again (600)")
-    p.add_argument("--http", default="127.0.0.1:8080",
+    p.add_argument("--http", type=http_address, default="127.0.0.1:8080",
                    help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -92,7 +113,11 @@ async def serve(args: argparse.Namespace) -> int:
 
         host, _, port = args.http.rpartition(":")
         server = FleetServer(controller, host or "127.0.0.1", int(port))
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:  # port taken, address not on this host, no permission
+            print(f"cloud-controller: error: --http {args.http}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return 2
         print(f"fleet view on http://{server.host}:{server.port}/ (metrics on /metrics)", flush=True)
     clash: ReplicaIdClash | None = None
     try:
@@ -128,12 +153,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--ladder {args.ladder!r} must be comma-separated integers") from None
         args.policy_object = make_policy(args.policy, ladder=ladder, memory_threshold=args.memory_threshold,
                                          slo_ms=args.slo_ms)
-        if not 0.05 <= args.heartbeat_s <= 60:
-            raise ValueError(f"--heartbeat-s {args.heartbeat_s} must be in [0.05, 60]")
-        if args.pending_timeout <= 0 or args.refusal_hold < 0:
-            raise ValueError("--pending-timeout must be > 0 and --refusal-hold >= 0 seconds")
-        if args.http != "off" and not args.http.rpartition(":")[2].isdigit():
-            raise ValueError(f"--http {args.http!r} must be HOST:PORT or 'off'")
     except ValueError as exc:
         print(f"cloud-controller: error: {exc}", file=sys.stderr)
         return 2

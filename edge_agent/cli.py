@@ -21,6 +21,15 @@ from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_sources
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
+from mqtt_bus.args import (
+    OneLineErrorParser,
+    bounded_float,
+    bounded_int,
+    broker_url,
+    finite_float,
+    segment,
+    topic_prefix,
+)
 from schemas import ArtifactInfo
 
 if TYPE_CHECKING:
@@ -72,7 +81,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
                    "run on TensorRT")
     p.add_argument("--labels", type=Path, default=None, help="class names, one per line (default: coco.names)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=None,
                    help="initial batch size (default 4; standalone with admission control, the best size for the "
                    "admitted streams)")
     mode = p.add_mutually_exclusive_group()
@@ -80,14 +89,15 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
                       help="pace sources at their fps, drop the oldest frame on overload (default)")
     mode.add_argument("--offline", dest="realtime", action="store_false",
                       help="as fast as possible, never drop: back-pressure to the sources")
-    p.add_argument("--fps", type=float, default=None, help="override the sources' frame rate")
-    p.add_argument("--deadline-ms", type=float, default=1000.0, help="end-to-end deadline per frame (default 1000)")
+    p.add_argument("--fps", type=bounded_float(0, 1000), default=None, help="override the sources' frame rate")
+    p.add_argument("--deadline-ms", type=bounded_float(0, 3_600_000), default=1000.0,
+                   help="end-to-end deadline per frame (default 1000)")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames in total")
     p.add_argument("--loop", action="store_true", help="loop video files (endless demo)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser = OneLineErrorParser(prog="edge-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -103,17 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
                      "`edge-agent profile --json` (default: measure a few batches per size at start-up)")
     adm.add_argument("--no-admission", dest="admission", action="store_false", default=True,
                      help="admit every stream (figures are still computed and reported)")
-    adm.add_argument("--headroom", type=float, default=0.8, help="utilisation the admitted streams may reach "
+    adm.add_argument("--headroom", type=finite_float, default=0.8, help="utilisation the admitted streams may reach "
                      "(default 0.8: margin for load the profile does not see)")
     adm.add_argument("--admission-batch-sizes", type=batch_list, default=None,
                      help="batch sizes admission chooses among (default 1,2,4,8, or those a static engine serves)")
     adm.add_argument("--overrun-windows", type=positive_int, default=2, help="windows of 1 s in a row with "
                      "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
                      "(default 2)")
-    run.add_argument("--broker", default=None, help="mqtt://[user:pass@]host[:port]: obey a controller")
-    run.add_argument("--agent-id", default=None, help="agent id on MQTT (default: the host name)")
-    run.add_argument("--prefix", default="edgebatch", help="MQTT topic prefix (default edgebatch)")
-    run.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds between telemetry messages")
+    run.add_argument("--broker", type=broker_url, default=None,
+                     help="mqtt://[user:pass@]host[:port]: obey a controller")
+    run.add_argument("--agent-id", type=segment("agent id"), default=None,
+                     help="agent id on MQTT (default: the host name)")
+    run.add_argument("--prefix", type=topic_prefix, default="edgebatch", help="MQTT topic prefix (default edgebatch)")
+    run.add_argument("--telemetry-interval", type=bounded_float(0.05, 3600, low_inclusive=True), default=1.0,
+                     help="seconds between telemetry messages")
     run.add_argument("--publish-detections", action="store_true", help="publish per-frame detections on MQTT")
     run.add_argument("--registry", default=None, help="model registry: a directory or mongodb://... "
                      "(engines are then fetched from it, and swapped on orders)")
@@ -127,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--source", type=Path, default=DEFAULT_VIDEO, help="video played by every stream")
     demo.add_argument("--streams", type=positive_int, default=None,
                       help="concurrent streams (default: as many as load this device to about 60%%)")
-    demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
+    demo.add_argument("--duration", type=bounded_float(0, 86_400), default=40.0, help="seconds to run (default 40)")
     demo.add_argument("--policy", default=None, help="controller policy (default: the controller's default, "
                       "deadline); an unknown key lists the known ones")
     demo.add_argument("--registry", default=None, help="swap engines from this registry (default: a fresh local "
@@ -138,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--labels", type=Path, default=None)
     prof.add_argument("--source", default=str(DEFAULT_VIDEO), help="video to take frames from")
     prof.add_argument("--batch-sizes", type=batch_list, default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
-    prof.add_argument("--fps", type=float, default=None, help="input rate for the real-time condition "
+    prof.add_argument("--fps", type=bounded_float(0, 1000), default=None, help="input rate for the real-time condition "
                       "(default: the video's)")
     prof.add_argument("--batches", type=positive_int, default=8, help="batches measured per size (default 8)")
     prof.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
@@ -154,7 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def writable(path: Path, flag: str) -> None:
+    """Before a long run: the folder of an output file exists (made if need be) and can be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeAgentError(f"{flag} {path}: {exc.strerror or exc}") from exc
+    if not os.access(path.parent, os.W_OK) or path.is_dir():
+        raise EdgeAgentError(f"{flag} {path}: not a writable file path")
+
+
 async def run_command(args: argparse.Namespace) -> int:
+    if args.summary:
+        writable(args.summary, "--summary")
     labels = load_labels_for(args.model, args.labels)
     probe = auto_probe()
     swapper = None
@@ -234,8 +259,10 @@ async def run_command(args: argparse.Namespace) -> int:
     summary = summary.model_copy(update={"per_stream": roster.states()})
     print_summary(summary)
     if args.summary:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(summary.model_dump_json(indent=2))
+        try:
+            args.summary.write_text(summary.model_dump_json(indent=2))
+        except OSError as exc:  # checked at start, but the disk may have filled or the folder gone since
+            raise EdgeAgentError(f"--summary {args.summary}: {exc.strerror or exc}") from exc
     return 0
 
 

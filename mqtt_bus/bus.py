@@ -55,9 +55,16 @@ class BrokerSettings:
         if not parts.hostname:
             raise ValueError(f"broker URL {url!r} has no host")
         tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            given = parts.port
+        except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer ..."
+            raise ValueError(f"broker URL {url!r}: {exc}") from None
+        if given == 0:
+            raise ValueError(f"broker URL {url!r}: port 0 is not a port")
+        port = given or (8883 if tls else 1883)
         return cls(
             host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
+            port=port,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             tls=tls,

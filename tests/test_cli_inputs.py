@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL
+from mqtt_bus.local_broker import free_port
+from tests.conftest import MODEL, VIDEO
 
 REGISTRY_CASES = [
     (["push", "/no/such.onnx", "--name", "a", "--version", "1"], "/no/such.onnx: file not found"),
@@ -31,6 +32,61 @@ REGISTRY_CASES = [
 ]
 
 
+AGENT_CASES = [
+    (["run", "--fps", "0"], "argument --fps: 0 must be in (0, 1000]"),
+    (["run", "--fps", "-3"], "argument --fps: -3 must be in (0, 1000]"),
+    (["run", "--fps", "nan"], "'nan' is not a finite number"),
+    (["run", "--deadline-ms", "-5"], "argument --deadline-ms: -5 must be in (0, 3.6e+06]"),
+    (["run", "--batch-size", "2000"], "2000 must be between 1 and 1024"),
+    (["run", "--batch-size", "x"], "'x' is not an integer"),
+    (["run", "--max-frames", "0"], "0 must be >= 1"),
+    (["run", "--broker", "http://x"], "scheme must be mqtt:// or mqtts://"),
+    (["run", "--broker", "mqtt://127.0.0.1:99999"], "Port out of range"),
+    (["run", "--broker", "mqtt://host:abc"], "Port could not be cast"),
+    (["run", "--broker", "mqtt://"], "has no host"),
+    (["run", "--prefix", "a+b"], "topic prefix segment 'a+b'"),
+    (["run", "--agent-id", "a/b"], "agent id 'a/b'"),
+    (["run", "--telemetry-interval", "0"], "0 must be in [0.05, 3600]"),
+    (["run", "--headroom", "2"], "--headroom must be in (0, 1]"),
+    (["run", "--summary", "/proc/no/summary.json", "--max-frames", "2"], "--summary /proc/no/summary.json"),
+    (["run", "--source", str(VIDEO), "--summary", "/", "--max-frames", "2"], "--summary /"),
+    (["run", "--profile", "/no/profile.json"], "--profile /no/profile.json"),
+    (["run", "--registry", "./empty-registry", "--model-name", "x"], "unknown model 'x'"),
+    (["run", "--registry", "./empty-registry"], "--registry needs --model-name"),
+    (["run", "--backend", "tflite"], "invalid choice: 'tflite'"),
+    (["profile", "--batch-sizes", "0"], "batch sizes must be integers >= 1"),
+    (["profile", "--fps", "0"], "argument --fps: 0 must be in (0, 1000]"),
+    (["demo", "--duration", "0"], "argument --duration: 0 must be in (0, 86400]"),
+    (["demo", "--streams", "0"], "0 must be >= 1"),
+    (["demo", "--policy", "foo"], "unknown policy 'foo'; known: deadline, kum2022"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+def controller_cases() -> list[tuple[list[str], str]]:
+    return [
+        (["--policy", "foo"], "unknown policy 'foo'; known: deadline, kum2022"),
+        (["--ladder", "4,2"], "must be increasing"),
+        (["--ladder", "1,x"], "comma-separated integers"),
+        (["--slo-ms", "nan"], "'nan' is not a finite number"),
+        (["--slo-ms", "-1"], "slo_ms > 0"),
+        (["--policy", "kum2022", "--memory-threshold", "1.5"], "memory threshold"),
+        (["--policy", "kum2022", "--slo-ms", "500"], "policy kum2022 has no parameter slo_ms"),
+        (["--broker", "http://x"], "scheme must be mqtt:// or mqtts://"),
+        (["--broker", "mqtt://127.0.0.1:0"], "port 0 is not a port"),
+        (["--prefix", "a/+"], "topic prefix segment '+'"),
+        (["--id", "ctl/1"], "controller id 'ctl/1'"),
+        (["--ownership", "random"], "invalid choice: 'random'"),
+        (["--heartbeat-s", "0"], "0 must be in [0.05, 60]"),
+        (["--fleet-interval", "0"], "0 must be in [0.5, 86400]"),
+        (["--pending-timeout", "0"], "0 must be in (0, 86400]"),
+        (["--refusal-hold", "-1"], "-1 must be in [0, 604800]"),
+        (["--http", "nowhere"], "must be HOST:PORT (port 0-65535) or 'off'"),
+        (["--http", "127.0.0.1:70000"], "must be HOST:PORT (port 0-65535) or 'off'"),
+        (["--http", "203.0.113.7:8080", "--broker", f"mqtt://127.0.0.1:{free_port()}"], "--http 203.0.113.7:8080"),
+    ]
+
+
 def one_line_error(module: str, args: list[str], expected: str, cwd: Path) -> None:
     result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
                             cwd=cwd)
@@ -43,3 +99,25 @@ def one_line_error(module: str, args: list[str], expected: str, cwd: Path) -> No
 @pytest.mark.parametrize(("args", "expected"), REGISTRY_CASES, ids=[" ".join(a)[:60] for a, _ in REGISTRY_CASES])
 def test_model_registry_bad_input(args: list[str], expected: str, tmp_path: Path) -> None:
     one_line_error("model_registry.cli", args, expected, tmp_path)
+
+
+@pytest.mark.parametrize(("args", "expected"), AGENT_CASES, ids=[" ".join(a)[:60] for a, _ in AGENT_CASES])
+def test_edge_agent_bad_input(args: list[str], expected: str, tmp_path: Path) -> None:
+    one_line_error("edge_agent.cli", args, expected, tmp_path)
+
+
+@pytest.mark.parametrize(("args", "expected"), controller_cases(), ids=lambda v: " ".join(v)[:60] if isinstance(v, list)
+                         else None)
+def test_cloud_controller_bad_input(args: list[str], expected: str, tmp_path: Path) -> None:
+    one_line_error("cloud_controller.cli", args, expected, tmp_path)
+
+
+def test_cloud_controller_http_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--http", f"127.0.0.1:{port}", "--broker", f"mqtt://127.0.0.1:{free_port()}"]
+        one_line_error("cloud_controller.cli", args, f"--http 127.0.0.1:{port}", tmp_path)
