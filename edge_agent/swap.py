@@ -41,23 +41,57 @@ def local_device_target() -> ArtifactTarget:
 
 
 class ArtifactCache:
-    """Artifacts on disk by sha256: returning to a batch size or version costs no download."""
+    """Artifacts on disk by sha256: returning to a batch size or version costs no download.
+
+    A file is hashed once per (size, mtime, inode): an announcement or order that finds it unchanged
+    costs a stat, not a re-hash of many MB. Concurrent calls for one artifact share one fetch.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+        self._verified: dict[Path, tuple[int, int, int]] = {}  # path -> stat signature when its hash matched
+        self._fetching: dict[Path, asyncio.Future[None]] = {}
+        self.hashes = 0  # files hashed (for tests and the chaos figures)
+        self.fetches = 0
 
     def path_for(self, info: ArtifactInfo) -> Path:
         return self.directory / f"{info.sha256}.{'onnx' if info.format == 'onnx' else 'plan'}"
 
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
     async def ensure(self, store: ArtifactStore, info: ArtifactInfo) -> tuple[Path, bool]:
-        """(local path, cache hit). A cached file is re-hashed before use; a bad one is fetched again."""
+        """(local path, cache hit). A cached file is verified by its hash (once while unchanged); a bad one is
+        fetched again."""
         path = self.path_for(info)
-        if path.exists():
+        while (running := self._fetching.get(path)) is not None:
+            await asyncio.shield(running)  # another caller is fetching it: share that download
+        signature = self._signature(path)
+        if signature is not None:
+            if self._verified.get(path) == signature:
+                return path, True
+            self.hashes += 1
             if await asyncio.to_thread(sha256_file, path) == info.sha256:
+                self._verified[path] = signature
                 return path, True
             log.warning("cached %s is corrupt; fetching it again", path.name)
+            self._verified.pop(path, None)
             path.unlink(missing_ok=True)
-        await fetch_verified(store, info, path)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fetching[path] = done
+        try:
+            self.fetches += 1
+            await fetch_verified(store, info, path)
+            if (signature := self._signature(path)) is not None:
+                self._verified[path] = signature  # just verified on the way in
+        finally:
+            del self._fetching[path]
+            done.set_result(None)
         return path, False
 
 
