@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -108,3 +110,55 @@ async def test_anonymous_and_wrong_password_are_refused(secured_broker) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def compose_broker_config(tmp_path: Path, port: int) -> Path:
+    """compose/mosquitto/mosquitto.conf as the container reads it, with this machine's paths and a loopback port."""
+    passwd = tmp_path / "passwd"
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    for i, (user, password) in enumerate(USERS.items()):
+        subprocess.run([tool, *(["-c"] if i == 0 else []), "-b", str(passwd), user, password], check=True)
+    passwd.chmod(0o600)
+    (tmp_path / "data").mkdir()
+    text = (ROOT / "compose" / "mosquitto" / "mosquitto.conf").read_text()
+    text = (text.replace("/mosquitto/config/passwd", str(passwd))
+            .replace("/mosquitto/config/acl", str(ROOT / "compose" / "mosquitto" / "acl"))
+            .replace("/mosquitto/data/", f"{tmp_path / 'data'}/")
+            .replace("listener 1883", f"listener {port} 127.0.0.1")
+            .replace("log_dest stdout", "log_dest none"))
+    if os.geteuid() == 0:
+        text += "\nuser root\n"  # the image runs it as its own user; here root would switch to 'mosquitto'
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(text)
+    return config
+
+
+async def test_retained_desired_state_survives_a_kill_9_of_the_compose_broker(tmp_path: Path) -> None:
+    from mqtt_bus.local_broker import free_port, mosquitto_binary, wait_listening
+
+    port = free_port()
+    config = compose_broker_config(tmp_path, port)
+    assert "autosave_interval 2" in config.read_text()
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_listening("127.0.0.1", port, proc, 10)
+        return proc
+
+    broker = SimpleNamespace(host="127.0.0.1", port=port)  # what Peer reads of a broker
+    proc = start()
+    try:
+        async with Peer(broker, "controller") as ctl:
+            await ctl.bus.wait_connected(10)
+            assert await ctl.bus.publish("edgebatch/agents/cam1/desired", b"generation 7", qos=1, retain=True)
+        await asyncio.sleep(3.0)  # one autosave interval (2 s) and a margin
+        proc.kill()  # SIGKILL: no orderly save on the way out
+        proc.wait(10)
+        proc = start()
+        async with Peer(broker, "cam1", ["edgebatch/agents/cam1/desired"]) as cam1:
+            await eventually(lambda: cam1.heard, 10, "retained desired state after the restart")
+        assert [m.payload for m in cam1.heard] == [b"generation 7"]
+    finally:
+        proc.kill()
+        proc.wait(10)
