@@ -15,7 +15,15 @@ from cloud_controller.controller import OWNERSHIP_MODES, Controller
 from cloud_controller.policies import DEFAULT_POLICY, POLICIES, make_policy
 from cloud_controller.replicas import ReplicaIdClash
 from mqtt_bus import BrokerSettings
-from mqtt_bus.args import OneLineErrorParser, bounded_float, broker_url, finite_float, segment, topic_prefix
+from mqtt_bus.args import (
+    OneLineErrorParser,
+    bounded_float,
+    broker_url,
+    finite_float,
+    readable_file,
+    segment,
+    topic_prefix,
+)
 
 log = logging.getLogger("cloud_controller")
 
@@ -45,6 +53,10 @@ def http_address(text: str) -> str:
     host, _, port = text.rpartition(":")
     if not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} must be HOST:PORT (port 0-65535) or 'off'")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {host!r} is not a valid host name") from None
     return text
 
 
@@ -52,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="cloud-controller", description=__doc__)
     p.add_argument("--broker", type=broker_url, default="mqtt://127.0.0.1:1883",
                    help="mqtt://[user:pass@]host[:port] or mqtts://")
-    p.add_argument("--ca-file", default=None, help="CA bundle for an mqtts:// broker")
+    p.add_argument("--ca-file", type=readable_file, default=None, help="CA bundle for an mqtts:// broker")
     p.add_argument("--policy", default=DEFAULT_POLICY, metavar="KEY",
                    help="batch-size policy: " + "; ".join(f"{k}: {s.summary}" for k, s in POLICIES.items())
                    + f" (default {DEFAULT_POLICY})")

@@ -60,6 +60,9 @@ from schemas import (
 
 log = logging.getLogger(__name__)
 
+# Refusals that say the batch size itself cannot be served here; others (fetch_error, unknown_model, ...) are
+# about the order, and holding its size off would only keep a working size out of reach.
+SIZE_REFUSALS = frozenset({"no_artifact", "memory", "load_error", "no_registry"})
 _OUTCOME_OF_EVENT: dict[str, Literal["applied", "refused", "superseded", "stale"]] = {
     "desired_applied": "applied",
     "desired_refused": "refused",
@@ -461,8 +464,8 @@ class Controller:
         for listener in self.event_listeners:
             listener(event)
         outcome = _OUTCOME_OF_EVENT.get(event.kind)
-        if outcome is None or event.generation is None:
-            return
+        if outcome is None or event.generation is None or event.generation < 1:
+            return  # not an order's outcome (generations start at 1)
         view = self.view(agent_id)
         if outcome == "stale":
             # The agent had already passed this generation: an order of ours it will never apply.
@@ -497,6 +500,9 @@ class Controller:
         log.warning("%s refused generation %d (batch %s): %s: %s", view.agent_id, outcome.generation, size,
                     outcome.refusal, outcome.detail)
         reason = outcome.refusal or "unknown"
+        serving = view.status.serving.batch_size if view.status and view.status.serving else None
+        if reason not in SIZE_REFUSALS or size == serving:
+            return  # about the order (a registry hiccup, a wrong model), not about the size: nothing to hold off
         left = self.refusal_hold_s - max(0.0, time.time() - outcome.ts)  # a retained refusal may be old
         if left <= 0:
             return

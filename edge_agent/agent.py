@@ -77,7 +77,7 @@ class Agent:
         self.counters = AgentCounters()
         # The sole owner of serving state: orders go through it, nothing else switches the pipeline.
         self.reconciler = Reconciler(pipeline, probe, self, loader=swap_handler,
-                                     on_streams=self.apply_streams if roster is not None else None)
+                                     on_streams=self._start_streams if roster is not None else None)
         self._telemetry_seq = 0
         self._capabilities: Capabilities | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -258,6 +258,10 @@ class Agent:
         await self.reconciler.submit(desired)
 
     # --- streams (admission control) -----------------------------------------------------
+
+    def _start_streams(self, desired: DesiredState) -> None:
+        """The reconciler's hook: admit a desired state's streams beside the message loop (cancelled at the end)."""
+        self._spawn(self.apply_streams(desired), f"agent[{self.agent_id}].streams")
 
     async def apply_streams(self, desired: DesiredState) -> None:
         """Converge on the desired state's streams: each new one admitted or refused (parked) with the figures;

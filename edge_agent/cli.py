@@ -59,8 +59,8 @@ def batch_list(text: str) -> list[int]:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be integers >= 1")
+    if not sizes or any(not 1 <= s <= 1024 for s in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be integers between 1 and 1024")
     return sorted(set(sizes))
 
 
@@ -178,8 +178,10 @@ def writable(path: Path, flag: str) -> None:
 
 
 async def run_command(args: argparse.Namespace) -> int:
-    if args.summary:
-        writable(args.summary, "--summary")
+    for path, flag in ((args.summary, "--summary"), (args.detections, "--detections"),
+                       (args.annotated and args.annotated / "x", "--annotated")):
+        if path:
+            writable(path, flag)
     labels = load_labels_for(args.model, args.labels)
     probe = auto_probe()
     swapper = None
@@ -317,6 +319,8 @@ async def registry_engines(args: argparse.Namespace) -> tuple[EngineSwapper, dic
 def profile_command(args: argparse.Namespace) -> int:
     from edge_agent.profiler import run_profile
 
+    if args.json:
+        writable(args.json, "--json")
     labels = load_labels_for(args.model, args.labels)
     engine_for = None
     model_label, backend_label = str(args.model), args.backend
@@ -344,8 +348,10 @@ def profile_command(args: argparse.Namespace) -> int:
     report = report.model_copy(update={"model": model_label, "backend": backend_label})
     print_profile(report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.model_dump_json(indent=2))
+        try:
+            args.json.write_text(report.model_dump_json(indent=2))
+        except OSError as exc:
+            raise EdgeAgentError(f"--json {args.json}: {exc.strerror or exc}") from exc
     return 0
 
 

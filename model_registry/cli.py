@@ -30,8 +30,8 @@ def batch_list(text: str) -> list[int]:
         sizes = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be >= 1")
+    if not sizes or sizes[0] < 1 or sizes[-1] > 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be between 1 and 1024")
     return sizes
 
 

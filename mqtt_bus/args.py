@@ -27,6 +27,15 @@ def broker_url(text: str) -> str:
     return text
 
 
+def readable_file(text: str) -> str:
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+    return text
+
+
 def topic_prefix(text: str) -> str:
     try:
         Topics(text)

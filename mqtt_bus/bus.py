@@ -54,6 +54,10 @@ class BrokerSettings:
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError(f"broker URL {url!r} has no host")
+        try:
+            parts.hostname.encode("idna")  # what the socket layer will do; a bad name fails here, not mid-run
+        except UnicodeError as exc:
+            raise ValueError(f"broker URL {url!r}: host is not a valid name ({exc})") from None
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             given = parts.port

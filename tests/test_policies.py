@@ -178,3 +178,39 @@ def test_deadline_policy_prefers_a_measured_size_that_keeps_up_over_an_extrapola
         policy.decide(telemetry(size, delay, fps=FPS))
     decision = policy.decide(telemetry(2, 90.0, fps=FPS))  # a busier window: 2 now misses
     assert decision is not None and decision.batch_size == 4, decision
+
+
+@pytest.mark.parametrize("servable", [{2, 8}, {1, 32}, {1, 2, 16}])
+def test_deadline_policy_skips_rungs_the_agent_cannot_serve_instead_of_stopping_at_them(servable: set[int]) -> None:
+    from cloud_controller.policies import AgentLimits
+
+    sizes = drive(DeadlinePolicy(), h100_delay_ms, fps=240.0, start=min(servable),
+                  limits=AgentLimits(frozenset(servable)))
+    assert set(sizes) <= servable and sizes[-1] == max(servable), sizes
+
+
+def test_a_refused_size_is_held_off_for_a_while_not_for_ever() -> None:
+    policy = DeadlinePolicy(DeadlineConfig(refusal_hold_s=30), clock=lambda: 0.0)
+    policy.refused("a1", 2, "memory")  # held off until t = 30 s
+    sizes = drive(policy, h100_delay_ms, fps=240.0, windows=20)  # t = 0 .. 19 s
+    assert 2 not in sizes and sizes[-1] >= 32, f"it grows past the refused rung: {sizes}"
+    state = policy.export_state("a1")
+    assert state is not None and state.refused_batch_sizes == [2]
+    drive(policy, h100_delay_ms, fps=24.0, start=32, windows=60)  # t = 0 .. 59 s: the hold ends at 30 s
+    state = policy.export_state("a1")
+    assert state is not None and state.refused_batch_sizes == [], "the hold is over: 2 may be ordered again"
+
+
+@pytest.mark.parametrize(("fps", "start"), [(0.5, 4), (2.0, 8)])
+def test_late_but_not_overloaded_it_moves_down_never_up(fps: float, start: int) -> None:
+    # At a low frame rate the batch fill alone breaks the 1 s SLO: a smaller batch is the answer.
+    sizes = drive(DeadlinePolicy(), lambda n: 10 + 2.0 * n, fps=fps, start=start, windows=20)
+    assert max(sizes) <= start and sizes[-1] < start, sizes
+    assert (sizes[-1] - 1) * 1000 / fps + 10 + 2 * sizes[-1] <= 1000, sizes
+
+
+def test_no_usable_size_at_all_holds_without_an_error() -> None:
+    from cloud_controller.policies import AgentLimits
+
+    policy = DeadlinePolicy()
+    assert policy.decide(telemetry(3, 1000.0, fps=30.0), AgentLimits(frozenset({3}))) is None

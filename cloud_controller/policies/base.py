@@ -37,8 +37,8 @@ NO_LIMITS = AgentLimits()
 
 
 def check_ladder(ladder: tuple[int, ...]) -> None:
-    if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1:
-        raise ValueError(f"ladder {ladder} must be increasing batch sizes >= 1")
+    if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1 or ladder[-1] > 1024:
+        raise ValueError(f"ladder {ladder} must be increasing batch sizes between 1 and 1024")
 
 
 class BatchPolicy(Protocol):

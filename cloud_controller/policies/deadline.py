@@ -39,6 +39,7 @@ class DeadlineConfig:
     stable_windows: int = 2
     ewma: float = 0.5
     min_gain: float = 1.1  # under overload, move only for this throughput gain
+    refusal_hold_s: float = 600.0  # a size the agent refused is not chosen again for this long
 
     def __post_init__(self) -> None:
         check_ladder(self.ladder)
@@ -46,14 +47,19 @@ class DeadlineConfig:
             raise ValueError(f"need 0 < down_headroom ({self.down_headroom}) <= headroom ({self.headroom}) <= 1")
         if not 0 < self.memory_threshold <= 1:
             raise ValueError(f"memory threshold {self.memory_threshold} must be in (0, 1]")
-        if self.slo_ms <= 0 or self.stable_windows < 1 or not 0 < self.ewma <= 1 or self.min_gain < 1:
-            raise ValueError("slo_ms > 0, stable_windows >= 1, 0 < ewma <= 1 and min_gain >= 1 are required")
+        if (self.slo_ms <= 0 or self.stable_windows < 1 or not 0 < self.ewma <= 1 or self.min_gain < 1
+                or self.refusal_hold_s < 0):
+            raise ValueError("slo_ms > 0, stable_windows >= 1, 0 < ewma <= 1, min_gain >= 1 and refusal_hold_s >= 0 "
+                             "are required")
 
 
 @dataclass
 class _AgentProfile:
     delay_ms: dict[int, float] = field(default_factory=dict)
-    refused: set[int] = field(default_factory=set)
+    refused_until: dict[int, float] = field(default_factory=dict)  # size -> clock() when it may be chosen again
+
+    def refused(self, now: float) -> set[int]:
+        return {s for s, until in self.refused_until.items() if until > now}
     candidate: int | None = None
     candidate_windows: int = 0
 
@@ -70,15 +76,17 @@ class DeadlinePolicy:
     # --- state a successor replica can resume from ---------------------------------------
 
     def refused(self, agent_id: str, batch_size: int, reason: str) -> None:
-        self.profiles.setdefault(agent_id, _AgentProfile()).refused.add(batch_size)
+        profile = self.profiles.setdefault(agent_id, _AgentProfile())
+        profile.refused_until[batch_size] = self.clock() + self.config.refusal_hold_s
 
     def export_state(self, agent_id: str) -> PolicyState | None:
         profile = self.profiles.get(agent_id)
-        if profile is None or not (profile.delay_ms or profile.refused):
+        refused = profile.refused(self.clock()) if profile is not None else set()
+        if profile is None or not (profile.delay_ms or refused):
             return None
         return PolicyState(agent_id=agent_id, policy=KEY, controller_id="",
                            delay_ms_by_batch={s: round(d, 3) for s, d in profile.delay_ms.items()},
-                           refused_batch_sizes=sorted(profile.refused))
+                           refused_batch_sizes=sorted(refused))
 
     def import_state(self, state: PolicyState) -> None:
         if state.policy != KEY:
@@ -86,7 +94,8 @@ class DeadlinePolicy:
         profile = self.profiles.setdefault(state.agent_id, _AgentProfile())
         for size, delay in state.delay_ms_by_batch.items():
             profile.delay_ms.setdefault(size, delay)  # what this replica measured itself wins
-        profile.refused.update(state.refused_batch_sizes)
+        for size in state.refused_batch_sizes:  # held off anew here: the state does not say for how long
+            profile.refused_until.setdefault(size, self.clock() + self.config.refusal_hold_s)
 
     def forget(self, agent_id: str) -> None:
         self.profiles.pop(agent_id, None)
@@ -142,16 +151,26 @@ class DeadlinePolicy:
         util_n, e2e_n = util(n), e2e(n)
         figures = {"batch_size": n, "batch_delay_ms": round(known[n], 2), "utilisation": round(util_n, 3),
                    "e2e_pred_ms": round(e2e_n, 2), "interval_ms": round(interval, 2), "memory_ratio": round(memory, 4)}
+        refused = profile.refused(self.clock())
+
+        def usable(size: int) -> bool:
+            if not limits.allows(size) or size in refused:
+                return False
+            return not (size > n and memory >= cfg.memory_threshold)
+
         largest_known, smallest_known = max(known), min(known)
-        next_up = next((s for s in cfg.ladder if s > largest_known), None)
-        next_down = next((s for s in reversed(cfg.ladder) if s < smallest_known), None)
+        # The next size the agent can actually take either way (a rung it cannot serve is skipped, not a wall).
+        next_up = next((s for s in cfg.ladder if s > largest_known and usable(s)), None)
+        next_down = next((s for s in reversed(cfg.ladder) if s < smallest_known and usable(s)), None)
+        only_late = util_n <= 1.0 and e2e_n > cfg.slo_ms  # keeping up, but the batch fill breaks the deadline
 
         def allowed(size: int) -> bool:
-            if not limits.allows(size) or size in profile.refused:
+            if not usable(size):
                 return False
-            if (size > largest_known and size != next_up) or (size < smallest_known and size != next_down):
-                return False  # explore at most one rung beyond what has been measured, either way
-            return not (size > n and memory >= cfg.memory_threshold)
+            if only_late and size < n:
+                return True  # any smaller size may be what meets the deadline: no one-rung limit going down
+            # Explore at most one rung beyond what has been measured, either way.
+            return not ((size > largest_known and size != next_up) or (size < smallest_known and size != next_down))
 
         def fits(size: int, share: float) -> bool:
             return util(size) <= share and e2e(size) <= cfg.slo_ms
@@ -173,7 +192,10 @@ class DeadlinePolicy:
                     break
             if target is None and not forced:  # keeping up, barely: measure the next size up rather than guess
                 target = next((s for s in ladder if s > n and s not in known and e2e(s) <= cfg.slo_ms), None)
-            if target is None and forced:
+            if target is None and only_late:  # late, not overloaded: never bigger, the least late smaller size
+                smaller = [s for s in ladder if s < n and util(s) <= 1.0]
+                target = min(smaller, key=e2e, default=None)
+            elif target is None and forced:
                 return self._overloaded(profile, n, interval, memory, ladder, figures)
         else:
             # Keeping up: a smaller size is worth it only well inside its budget (the hysteresis band).
@@ -209,7 +231,7 @@ class DeadlinePolicy:
             # One measurement says nothing about how the batch amortises: measure the next size up.
             return Decision(up, f"overloaded at batch {n} (input {1000.0 / interval:.1f} fps, {fps(n):.1f} fps "
                             f"served): measuring batch {up}", figures)
-        best = max(ladder, key=fps)
+        best = max(ladder, key=fps, default=n)
         if best == n or fps(best) < self.config.min_gain * fps(n):
             return None
         return Decision(best, f"overloaded at every size (input {1000.0 / interval:.1f} fps): batch {best} serves "

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,9 +72,9 @@ class Reconciler:
 
     def __init__(self, pipeline: Pipeline, probe: ResourceProbe, reporter: OutcomeReporter,
                  loader: EngineSwapper | None = None, guard: MemoryGuard | None = None,
-                 on_streams: Callable[[DesiredState], Coroutine[Any, Any, None]] | None = None) -> None:
+                 on_streams: Callable[[DesiredState], None] | None = None) -> None:
         self.pipeline = pipeline
-        self.on_streams = on_streams  # stream admission (edge_agent.streams) for orders that list streams
+        self.on_streams = on_streams  # starts stream admission (edge_agent.streams) for an order that lists streams
         self.probe = probe
         self.reporter = reporter
         self.loader = loader
@@ -88,7 +88,6 @@ class Reconciler:
         self._running: _Order | None = None
         self._wake = asyncio.Event()
         self._newer = asyncio.Event()  # set when an order arrives while one runs
-        self._stream_tasks: set[asyncio.Task[None]] = set()
         self.first_batch_grace_s = 2.0  # how long a switch already issued may finish when a newer order comes
 
     # --- what this agent can serve --------------------------------------------------------
@@ -140,10 +139,8 @@ class Reconciler:
             if self.on_streams is None:
                 await self.reporter.publish_event("error", "desired state lists streams but this agent runs "
                                                   "without stream management", desired.generation)
-            else:  # admission reports each stream's decision itself, under this generation
-                task = asyncio.get_running_loop().create_task(self.on_streams(desired), name="reconciler.streams")
-                self._stream_tasks.add(task)
-                task.add_done_callback(self._stream_tasks.discard)
+            else:  # admission reports each stream's decision itself, under this generation (the agent runs it)
+                self.on_streams(desired)
         previous, self._queued = self._queued, _Order(desired, time.monotonic())
         if previous is not None:
             await self._decide(previous, "superseded", f"superseded by generation {desired.generation} before "
@@ -193,6 +190,14 @@ class Reconciler:
         version = desired.version or serving.version
         batch_size = desired.batch_size or serving.batch_size
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        if (name, version, batch_size) == (serving.model, serving.version, serving.batch_size):
+            # Nothing to change (e.g. an order that only lists streams): no registry round trip that could
+            # fail and be reported as a refusal of the size already serving.
+            for key in ("switch", "decision_to_first_batch"):
+                timings.pop(key, None)
+            await self._decide(order, "applied", f"{name} {version} batch {batch_size} kept (already serving it)",
+                               timings=timings)
+            return
         if self.loader is None:
             if (name, version) != (serving.model, serving.version):
                 raise OrderRefused("no_registry", f"{name} {version} asked for, serving {serving.model} "
