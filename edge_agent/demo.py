@@ -53,13 +53,15 @@ async def prepare_registry(registry: str | None, model: Path, workdir: Path,
 
 def streams_for_load(engine: InferenceEngine, decoder: NanoDetDecoder, video: Path,
                      target_load: float = 0.6) -> tuple[int, float, float]:
-    """How many streams of ``video`` load this device to about ``target_load`` at batch 1:
-    measures pre + infer + post of a few real frames. Returns (streams, ms per frame, fps per stream)."""
+    """How many streams of ``video`` load this device to about ``target_load``: measures pre + infer + post
+    of a few real frames at the size the engine serves (a static engine pads a smaller batch: timing one
+    frame through a batch-4 engine would count four). Returns (streams, ms per frame, fps per stream)."""
+    size = min(engine.batch_sizes) if engine.batch_sizes else 1
     frames, fps = read_frames(str(video), 6)
-    profile_batch_size(engine, decoder, frames, 1, 1)  # warm-up
-    pre, infer, post = profile_batch_size(engine, decoder, frames, 1, 5)
-    per_frame = pre + infer + post
-    return max(1, min(8, round(target_load * 1000.0 / (per_frame * fps)))), per_frame, fps
+    profile_batch_size(engine, decoder, frames, size, 1)  # warm-up
+    pre, infer, post = profile_batch_size(engine, decoder, frames, size, 5)
+    per_frame = (pre + infer + post) / size
+    return max(1, min(8, int(target_load * 1000.0 / (per_frame * fps)))), per_frame, fps  # at most the target
 
 
 async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, duration_s: float, policy: str,
@@ -99,8 +101,8 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
         decoder = NanoDetDecoder(load_labels(labels))
         if streams is None:
             streams, per_frame, fps = await asyncio.to_thread(streams_for_load, engine, decoder, video)
-            say(f"this device: {per_frame:.0f} ms per frame at batch 1 -> {streams} stream(s) of {fps:g} fps "
-                f"(about 60% load; --streams N to choose)")
+            say(f"this device: {per_frame:.0f} ms per frame at batch {initial_batch} -> {streams} stream(s) of "
+                f"{fps:g} fps (at most 60% load; --streams N to choose)")
         assert streams is not None
         sources = await open_sources([str(video)] * streams, loop=True)
         pipeline = Pipeline(sources, engine, decoder,
