@@ -23,6 +23,7 @@ from edge_agent.sources import open_sources
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,
+    batch_list,
     bounded_float,
     bounded_int,
     broker_url,
@@ -52,16 +53,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
-
-
-def batch_list(text: str) -> list[int]:
-    try:
-        sizes = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not sizes or any(not 1 <= s <= 1024 for s in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be integers between 1 and 1024")
-    return sorted(set(sizes))
 
 
 def load_labels_for(model: Path, labels: Path | None) -> list[str]:

@@ -8,7 +8,6 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -19,49 +18,10 @@ from model_registry.errors import RegistryError
 from model_registry.registry import Registry, fetch_verified
 from model_registry.stores import open_store
 from mqtt_bus import BrokerSettings, publish_once
-from schemas import ArtifactTarget, ModelAnnouncement, TopicError, Topics, encode
-from schemas.topics import check_segment
+from mqtt_bus.args import OneLineErrorParser, batch_list, bounded_int, segment
+from schemas import ArtifactTarget, ModelAnnouncement, Topics, encode
 
 PROGRESS_MIN_BYTES = 1 << 20
-
-
-def batch_list(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not sizes or sizes[0] < 1 or sizes[-1] > 1024:
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be between 1 and 1024")
-    return sizes
-
-
-def segment(what: str):  # type: ignore[no-untyped-def]
-    """A model name or version: it becomes part of an MQTT topic and a file name, so no '/', '+', '#'."""
-
-    def check(text: str) -> str:
-        try:
-            return check_segment(text, what)
-        except TopicError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return check
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} must be between 1 and 1024")
-    return value
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """A bad flag is one line on stderr and exit 2, not the usage block (which --help still prints)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("id", nargs="?", help="artifact id (or use --name/--version/--batch-size)")
     pull.add_argument("--name")
     pull.add_argument("--version")
-    pull.add_argument("--batch-size", type=positive_int, default=1)
+    pull.add_argument("--batch-size", type=bounded_int(1, 1024), default=1)
     pull.add_argument("--out", type=Path, required=True)
     rm = sub.add_parser("rm", help="delete an artifact")
     rm.add_argument("id")

@@ -81,6 +81,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def batch_list(text: str) -> list[int]:
+    """Comma-separated batch sizes, each 1..1024 (what the wire allows), sorted without repeats."""
+    try:
+        sizes = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1 or sizes[-1] > 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be integers between 1 and 1024")
+    return sizes
+
+
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
     def check(text: str) -> int:
         try:

@@ -149,12 +149,20 @@ async def test_a_stream_joining_that_does_not_fit_is_parked_and_the_admitted_unt
         s.close()
 
 
-def skip_if_one_stream_is_too_much(roster: StreamRoster, info: str) -> None:
-    """On this shared machine other sessions' load may grow mid-run until even the one stream left (the last
-    is never parked) no longer fits: the measured profile says so, and then there is nothing to prove."""
+def load_rose_beyond_the_profile(roster: StreamRoster, drift: float) -> bool:
+    """Other work on this machine pushed serving costs past what admission was promised on: the profile's
+    headroom is used up (drift), or not even the one stream left (the last is never parked) fits any more."""
     admitted = roster.admitted()
-    if len(admitted) == 1 and not fit(roster.profile, [admitted[0].demand], roster.settings.headroom).fits:
-        pytest.skip(f"the machine got too busy for even one stream mid-run: {info}")
+    last_does_not_fit = len(admitted) == 1 and not fit(roster.profile, [admitted[0].demand],
+                                                       roster.settings.headroom).fits
+    return last_does_not_fit or drift > 1 / roster.settings.headroom
+
+
+def assert_overruns_reported(events: Events, losing: list[str], info: str) -> None:
+    """When the load rises beyond the profile, the promise becomes: never silently. Every admitted stream that
+    lost frames was reported as overrunning (and the agent re-checked the set, parking the newest first)."""
+    overrun = {sid for k, sid, _, _ in events.seen if k == "stream_overrun"}
+    assert set(losing) <= overrun, f"streams lost frames without a stream_overrun report: {losing}; {info}"
 
 
 def steady(counts: dict[str, StreamCounts], start: dict[str, StreamCounts], stream_id: str) -> StreamCounts:
@@ -170,8 +178,6 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     profile = await measure_pipeline_profile(engine, decoder, str(VIDEO), sizes, 3)
     demands = [StreamDemand(f"s{i}", 24, 1000) for i in range(4)]
     expected = sum(d.admitted for d in admit_in_order(profile, demands))
-    if expected == 0:  # then refusing all four is right, and there is nothing served to measure
-        pytest.skip(f"this shared machine is too busy right now for even one 24 fps stream: {profile.describe()}")
     sources = await open_sources([str(VIDEO)] * 4, fps=24, loop=True)
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=True, deadline_ms=1000))
     roster = StreamRoster(pipeline, profile, AdmissionSettings(adapt_batch_size=True))
@@ -179,6 +185,12 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     roster.listeners.append(events)
     decisions = roster.admit_initial()
     assert sum(d.admitted for d in decisions) == expected
+    if expected == 0:  # a machine too slow for even one 24 fps stream: refusing all four is the right answer
+        assert len(pipeline.parked) == 4 and not pipeline.sources, profile.describe()
+        assert events.kinds() == ["stream_refused"] * 4, events.seen
+        for source in pipeline.parked:
+            source.close()
+        return
     if expected < 4:
         assert pipeline.parked, "the profile says 4 do not fit: at least one is parked"
     checker = asyncio.create_task(roster.run())
@@ -210,13 +222,12 @@ async def test_four_realtime_streams_the_admitted_ones_are_served_the_rest_parke
     print(info)
     admitted = [sid for sid, st in states.items() if st.state == "admitted"]
     assert admitted, "not all four degraded: some are served"
-    if any(steady(end, start, sid).deadline_misses + steady(end, start, sid).dropped for sid in admitted):
-        skip_if_one_stream_is_too_much(roster, info)
-        if max(drift, default=1.0) > 1 / roster.settings.headroom:
-            # Admission promises deadlines while serving costs stay within the headroom of the profile it was
-            # made on; other sessions on this machine pushed them past it (the overruns were reported, and
-            # adapted to, as the events show): that is not a run that can prove or disprove the promise.
-            pytest.skip(f"serving costs rose past the headroom of the measured profile mid-run: {info}")
+    losing = [sid for sid in admitted if steady(end, start, sid).deadline_misses + steady(end, start, sid).dropped]
+    if losing and load_rose_beyond_the_profile(roster, max(drift, default=1.0)):
+        # Admission promises deadlines while serving costs stay within the headroom of the profile it was made
+        # on; past it (other work on this machine) the promise is that overruns are reported and adapted to.
+        assert_overruns_reported(events, losing, info)
+        return
     for sid in admitted:
         c = steady(end, start, sid)
         assert c.frames_in >= 0.9 * 24 * elapsed, f"{sid} served at its rate: {info}"
@@ -340,8 +351,10 @@ async def test_streams_admitted_on_a_profile_that_was_wrong_overrun_and_are_park
         figures = next(f for k, s, f, _ in events.seen if k == "stream_parked" and s == sid)
         assert figures is not None and not figures.admitted, info  # type: ignore[attr-defined]
     assert any(k == "stream_overrun" for k in events.kinds()), info
-    if any(steady(end, start, sid).deadline_misses + steady(end, start, sid).dropped for sid in admitted):
-        skip_if_one_stream_is_too_much(roster, info)
+    losing = [sid for sid in admitted if steady(end, start, sid).deadline_misses + steady(end, start, sid).dropped]
+    if losing and load_rose_beyond_the_profile(roster, roster.profile.drift()):
+        assert_overruns_reported(events, losing, info)
+        return
     for sid in admitted:
         c = steady(end, start, sid)
         assert c.frames_in >= 0.9 * fps * 6 and c.dropped + c.deadline_misses <= 0.001 * c.frames_in, (sid, c, info)
