@@ -89,7 +89,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         agent = Agent(pipeline, HostProbe(), AgentSettings(broker_url=broker.url, agent_id="cam1", prefix="chaos",
                                                            telemetry_interval_s=0.5))
         controller = Controller(BrokerSettings.from_url(broker.url), make_policy("deadline"), prefix="chaos",
-                                controller_id="chaos-ctl")
+                                controller_id="chaos-ctl", ownership="hrw")  # the CLI's default
         agent_task = asyncio.create_task(agent.run())
         ctl_task = asyncio.create_task(controller.run())
         try:
@@ -98,7 +98,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             order = DesiredState(agent_id="cam1", generation=100, batch_size=2, reason="chaos: before the kill")
             await publish_order(broker.url, topics.desired("cam1"), order)
             await wait_for(lambda: agent.applied_generation == order.generation, 20)
-            await asyncio.sleep(args.autosave_wait)  # mosquitto's autosave (1 s here, 2 s in compose)
+            await wait_for(lambda: controller.may_handle("cam1"), 20)  # steady state: it owns the agent
+            # mosquitto checks its autosave interval (1 s here) on whole seconds: a change is on disk within ~2 s.
+            await asyncio.sleep(args.autosave_wait)
 
             # 1. kill -9 and restart
             assert broker.process is not None
@@ -113,12 +115,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             agent_back, controller_back = await asyncio.gather(  # both timed from the restart
                 wait_for(agent.bus.connected.is_set, 60), wait_for(controller.bus.connected.is_set, 60))
             back = {"agent": agent_back, "controller": controller_back}
+            # Ready to order again: it owns the agent again (its view of the replicas is stable).
+            controller_ready = await wait_for(lambda: controller.may_handle("cam1"), 60)
             raw = await retained_desired(broker.url, topics.desired("cam1"))
             kept = decode(DesiredState, raw) if raw else None
             figures["kill9"] = {
                 "outage_s": args.outage_s,
                 "agent_back_s": back["agent"],
                 "controller_back_s": back["controller"],
+                "controller_ready_s": None if controller_ready is None or controller_back is None
+                else round(controller_back + controller_ready, 3),
                 "controller_telemetry_again_s": await wait_for(
                     lambda: controller.counters.telemetry > telemetry_before, 60),
                 # The last order before the kill (ours, or the controller's decision after it) is still there.
@@ -128,6 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             # An operator pins batch 8, more than one 10 fps stream needs: the controller must decide again.
             pinned = DesiredState(agent_id="cam1", generation=200, batch_size=8, reason="chaos: after the restart")
             await publish_order(broker.url, topics.desired("cam1"), pinned)
+            figures["kill9"]["operator_order_at_s"] = round(time.monotonic() - restarted, 3)  # type: ignore[index]
             figures["kill9"]["first_decision_after_restart_s"] = (  # type: ignore[index]
                 None if await wait_for(lambda: controller.counters.decisions > decisions, args.decision_wait_s) is None
                 else round(time.monotonic() - restarted, 3))
@@ -140,7 +147,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     wait_for(lambda: not agent.bus.connected.is_set(), 60),
                     wait_for(lambda: not controller.bus.connected.is_set(), 60))
                 figures["hung"] = {"agent_noticed_s": agent_noticed, "controller_noticed_s": controller_noticed,
-                                   "keepalive_s": BrokerSettings().keepalive_s}
+                                   "keepalive_s": BrokerSettings().keepalive_s,
+                                   "silence_probe_s": agent.bus.silence_probe_s,
+                                   "probe_answer_s": agent.bus.probe_answer_s}
             finally:
                 broker.process.send_signal(signal.SIGCONT)
             figures["hung"]["agent_back_after_resume_s"] = await wait_for(
@@ -160,7 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outage-s", type=float, default=2.0, help="how long the broker stays dead")
-    p.add_argument("--autosave-wait", type=float, default=1.5, help="seconds between the order and the kill")
+    p.add_argument("--autosave-wait", type=float, default=2.5, help="seconds between the order and the kill")
     p.add_argument("--decision-wait-s", type=float, default=20.0, help="how long to wait for a decision after")
     print(json.dumps(asyncio.run(run(p.parse_args())), indent=2))
 

@@ -399,7 +399,6 @@ class Controller:
     async def _on_connect(self) -> None:
         """A new broker session: whatever was heard on the old one may be stale; start over."""
         self.membership.reset()
-        self.membership.announced = False
         self._release_all()
         self._on_view_change()
 
@@ -411,12 +410,16 @@ class Controller:
         while True:
             await self.bus.connected.wait()
             session = self.bus.counters.connects
-            # Listen before announcing: a live namesake's heartbeats would arrive within this window.
-            await asyncio.sleep(1.5 * self.heartbeat_s)
+            if not m.announced:
+                # Listen before announcing: a live namesake's heartbeats would arrive within this window.
+                # Not again after a reconnect: the id is ours, and a namesake that started later yields.
+                await asyncio.sleep(1.5 * self.heartbeat_s)
+            first_of_session = True
             while self.bus.connected.is_set() and self.bus.counters.connects == session:
                 published = await self.bus.publish(topic, encode(self._alive("online")), qos=1, retain=True)
-                if published and not m.announced:
+                if published and first_of_session:
                     m.announced = True
+                    first_of_session = False
                     self._own_beat_at = time.monotonic()
                 # Our beats stopped coming back: hold nothing before the others could take over
                 # (they would, miss_beats + grace_beats after our last beat reached them).

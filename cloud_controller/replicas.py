@@ -64,9 +64,19 @@ class Membership:
         self.changed_at = 0
         self.live: tuple[str, ...] = ()
         self.epoch = 0  # +1 on every change of the live set
+        self._resume: tuple[str, ...] | None = None  # the stable live set before a reconnect (see reset)
 
     def reset(self) -> None:
-        """A new broker session: forget everything heard on the old one (we may have missed wills)."""
+        """A new broker session: forget everything heard on the old one (we may have missed wills).
+
+        If the view was stable, remember its live set: when the broker's retained heartbeats rebuild
+        exactly that set by the time our own first beat comes back, every replica that was live is
+        known again and nothing changed, so the view is stable at once instead of after
+        ``grace_beats`` (a broker restart then costs the fleet a reconnect, not a grace period).
+        A replica we had not yet heard of stays covered: its beat makes the set differ, and the
+        grace applies as usual.
+        """
+        self._resume = self.live if self.stable else None
         self.members.clear()
         self.beats = 0
         self._changed()
@@ -105,7 +115,13 @@ class Membership:
             known.last_beat = self.beats
         if rid == self.controller_id:
             changed = self._expire() or changed
-        return self._changed() if changed else False
+        result = self._changed() if changed else False
+        if rid == self.controller_id and self._resume is not None:
+            if self.live == self._resume:
+                self.changed_at = self.beats - self.grace_beats
+                log.info("replica set unchanged across the reconnect %s: stable at once", self.live)
+            self._resume = None
+        return result
 
     def _clash(self, other: ControllerAlive) -> None:
         if not self.announced or (other.started, other.nonce) < (self.started, self.nonce):

@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -117,8 +118,18 @@ class MqttBus:
     subscriptions: Sequence[Subscription] = ()
     will: WillMessage | None = None
     on_connect: Callable[[], Awaitable[None]] | None = None
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 10.0
+    # Reconnect attempts start at 0.1 s and back off to at most 1 s (times a jitter of 0.5-1.5), so a
+    # client is back within about 1.5 s of a broker that returns. A refused connection costs the broker
+    # next to nothing, so a thousand agents retrying once a second while it is down is affordable.
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 1.0
+    # A broker that is there but does not answer (hung, or a dead NAT path) is only noticed by the
+    # MQTT keepalive after one to two keepalives (10-20 s). The bus asks it (PINGREQ) once it has been
+    # silent for ``silence_probe_s`` and drops the connection when that goes unanswered for
+    # ``probe_answer_s``: a hung broker is noticed in about 2-3.5 s. A busy connection is never
+    # probed: any byte from the broker counts as an answer.
+    silence_probe_s: float = 1.5
+    probe_answer_s: float = 1.5
     # Messages received but not yet handled; beyond it aiomqtt drops (QoS 0 telemetry under a flood).
     # A busy controller raises it: each held message costs about its payload (~1.5 KB of telemetry).
     max_queued_incoming: int = 10_000
@@ -183,23 +194,12 @@ class MqttBus:
                     log.info("%s connected to %s:%d", self.client_id, self.settings.host, self.settings.port)
                     if self.on_connect is not None:
                         await self.on_connect()
-                    messages = client.messages
-                    in_a_row = 0
-                    while True:
-                        if queue.qsize() and in_a_row < 256:
-                            message = queue.get_nowait()
-                            in_a_row += 1
-                        else:  # nothing queued, or time to let the rest of the loop run: wait (or see a disconnect)
-                            message = await anext(messages)
-                            in_a_row = 0
-                        self.counters.received += 1
-                        payload = message.payload if isinstance(message.payload, bytes) else str(
-                            message.payload).encode()
-                        try:
-                            await handler(IncomingMessage(message.topic.value, payload, bool(message.retain)))
-                        except Exception:  # a handler bug must not take the connection down
-                            self.counters.handler_errors += 1
-                            log.exception("handler failed on %s", message.topic.value)
+                    watchdog = asyncio.create_task(self._probe_silent_broker(client),
+                                                   name=f"mqtt[{self.client_id}].liveness")
+                    try:
+                        await self._receive(client, queue, handler)
+                    finally:
+                        watchdog.cancel()
             except aiomqtt.MqttError as exc:
                 log.warning("%s: broker connection lost or refused (%s); retrying in %.1f s",
                             self.client_id, exc, delay)
@@ -210,6 +210,62 @@ class MqttBus:
                 self._client = None
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(self.backoff_max_s, delay * 2)
+
+    async def _receive(self, client: aiomqtt.Client, queue: asyncio.Queue[aiomqtt.Message],
+                       handler: MessageHandler) -> None:
+        """Hand each message to the handler until the connection is lost (aiomqtt raises MqttError)."""
+        messages = client.messages
+        in_a_row = 0
+        while True:
+            if queue.qsize() and in_a_row < 256:
+                message = queue.get_nowait()
+                in_a_row += 1
+            else:  # nothing queued, or time to let the rest of the loop run: wait (or see a disconnect)
+                message = await anext(messages)
+                in_a_row = 0
+            self.counters.received += 1
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                await handler(IncomingMessage(message.topic.value, payload, bool(message.retain)))
+            except Exception:  # a handler bug must not take the connection down
+                self.counters.handler_errors += 1
+                log.exception("handler failed on %s", message.topic.value)
+
+    async def _probe_silent_broker(self, client: aiomqtt.Client) -> None:
+        """Drop the connection when the broker stops answering (see ``silence_probe_s``).
+
+        Uses paho's own keepalive machinery (the time of the last byte read, PINGREQ, and the
+        keepalive's way of closing), ticking every 0.25 s instead of aiomqtt's once a second against
+        the keepalive. If paho's internals are not as expected it leaves the MQTT keepalive alone in
+        charge. A tick that comes late (this process's event loop was stalled, not the broker) gives
+        no verdict: an answer may be sitting unread in the socket.
+        """
+        paho = getattr(client, "_client", None)
+        needed = ("_last_bytes_received", "_ping_t", "_send_pingreq", "_sock_close", "_do_on_disconnect")
+        if paho is None or not all(hasattr(paho, name) for name in needed):
+            log.debug("paho internals not as expected: a hung broker is left to the MQTT keepalive")
+            return
+        tick = 0.25
+        asked_at: float | None = None
+        last_tick = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()  # paho's clock too
+            stalled = now - last_tick > tick + 0.5
+            last_tick = now
+            if now - paho._last_bytes_received < self.silence_probe_s:
+                asked_at = None
+                continue
+            if asked_at is None:
+                if not paho._ping_t:  # paho's own keepalive ping may already be out
+                    paho._send_pingreq()
+                asked_at = now
+            elif now - asked_at >= self.probe_answer_s and not stalled:
+                log.warning("%s: broker silent for %.1f s and not answering a ping; reconnecting",
+                            self.client_id, now - paho._last_bytes_received)
+                paho._sock_close()
+                paho._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_KEEPALIVE)
+                return
 
     async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                       expiry_s: int | None = None) -> bool:

@@ -39,3 +39,32 @@ async def test_a_burst_of_mixed_sizes_arrives_whole_and_in_order(broker, prefix,
                 await task
     assert [m.payload for m in heard] == payloads
     assert receiver.counters.handler_errors == 0 and receiver.counters.connects == 1
+
+
+async def test_a_hung_broker_is_asked_and_dropped_before_the_keepalive_would(own_broker, prefix, caplog) -> None:
+    """SIGSTOP: the socket stays open and nothing answers. The bus's own probe must notice (the MQTT
+    keepalive of 10 s would too, but only after 10-20 s) and reconnect once the broker resumes."""
+    import signal
+
+    bus = MqttBus(BrokerSettings.from_url(own_broker.url), f"hung-{prefix}", [Subscription(f"{prefix}/x", 1)])
+    task = asyncio.create_task(bus.run(lambda m: asyncio.sleep(0)))
+    process = own_broker.process
+    assert process is not None
+    try:
+        await bus.wait_connected(10)
+        await asyncio.sleep(bus.silence_probe_s + 0.5)  # idle and answered: the probe must not drop it
+        assert bus.counters.disconnects == 0, "an idle broker that answers the probe stays connected"
+        with caplog.at_level("WARNING", logger="mqtt_bus.bus"):
+            process.send_signal(signal.SIGSTOP)
+            try:
+                await eventually(lambda: not bus.connected.is_set(), 30, "the hung broker noticed")
+            finally:
+                process.send_signal(signal.SIGCONT)
+        assert any("not answering a ping" in r.getMessage() for r in caplog.records), \
+            "noticed by the probe, not by the MQTT keepalive"
+        await eventually(bus.connected.is_set, 30, "connected again after the broker resumed")
+        assert bus.counters.connects == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

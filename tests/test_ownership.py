@@ -120,6 +120,50 @@ def test_a_silent_replica_is_dropped_after_missed_beats_counted_in_own_heartbeat
     assert m.live == ("ctl-a",)
 
 
+def stable_pair() -> Membership:
+    m = me(miss_beats=3, grace_beats=4)
+    for _ in range(6):
+        m.observe(beat("ctl-b", "bbbbbbbb"), retained=False)
+        m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)
+    assert m.stable
+    return m
+
+
+def test_a_reconnect_that_finds_the_same_replicas_is_stable_at_once() -> None:
+    m = stable_pair()
+    m.reset()  # the broker restarted
+    assert not m.stable
+    m.observe(beat("ctl-b", "bbbbbbbb"), retained=True)  # its heartbeat, from the broker's store
+    m.observe(beat("ctl-a", "aaaaaaaa"), retained=True)  # our own earlier one: no proof of anything
+    assert not m.stable
+    m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)  # our first beat of the new session came back
+    assert m.stable and m.live == ("ctl-a", "ctl-b")
+
+
+def test_a_reconnect_that_finds_other_replicas_waits_the_grace_period() -> None:
+    for heard in (["ctl-b", "ctl-c"], []):  # a newcomer; or the other replica's heartbeat was not kept
+        m = stable_pair()
+        m.reset()
+        for rid in heard:
+            m.observe(beat(rid, rid[-1] * 8), retained=True)
+        m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)
+        assert not m.stable, heard
+        for n in range(4):
+            assert not m.stable, (heard, n)
+            for rid in heard:
+                m.observe(beat(rid, rid[-1] * 8), retained=False)
+            m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)
+        assert m.stable, heard
+
+
+def test_a_reconnect_from_an_unstable_view_waits_the_grace_period() -> None:
+    m = me(miss_beats=3, grace_beats=4)
+    m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)  # just started: not stable yet
+    m.reset()
+    m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)
+    assert m.live == ("ctl-a",) and not m.stable
+
+
 def test_cut_off_holds_nothing_until_own_heartbeats_return() -> None:
     m = me(miss_beats=1, grace_beats=2)
     for _ in range(3):
