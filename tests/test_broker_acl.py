@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription
+from mqtt_bus import BrokerSettings, MqttBus
 from mqtt_bus.local_broker import LocalBroker
+from tests.compose_broker import ComposeBroker
 from tests.conftest import ROOT
+from tests.mqtt_helpers import Peer as _Peer
 from tests.mqtt_helpers import eventually
 
 USERS = {"controller": "ctl-secret", "registry": "reg-secret", "cam1": "cam1-secret", "cam2": "cam2-secret"}
@@ -34,30 +36,10 @@ def secured_broker(tmp_path: Path):
     broker.close()
 
 
-class Peer:
-    def __init__(self, broker: LocalBroker, user: str | None, subscribe: list[str] = ()) -> None:
-        password = USERS.get(user or "")
-        settings = BrokerSettings(broker.host, broker.port, username=user, password=password)
-        self.heard: list[IncomingMessage] = []
-        self.bus = MqttBus(settings, f"peer-{user}", [Subscription(t, qos=1) for t in subscribe],
-                           backoff_initial_s=0.1, backoff_max_s=0.5)
-        self.task: asyncio.Task[None] | None = None
-
-    async def _hear(self, message: IncomingMessage) -> None:
-        self.heard.append(message)
-
-    async def __aenter__(self) -> Peer:
-        self.task = asyncio.create_task(self.bus.run(self._hear))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-    def topics(self) -> list[str]:
-        return [m.topic for m in self.heard]
+def Peer(broker: LocalBroker | SimpleNamespace, user: str | None, subscribe: Sequence[str] = ()) -> _Peer:
+    """A client of ``broker`` logged in as ``user`` (password from USERS), on the plaintext listener."""
+    settings = BrokerSettings(broker.host, broker.port, username=user, password=USERS.get(user or ""))
+    return _Peer(settings, f"peer-{user}", subscribe)
 
 
 async def test_agents_are_confined_to_their_own_topics(secured_broker) -> None:
@@ -112,53 +94,19 @@ async def test_anonymous_and_wrong_password_are_refused(secured_broker) -> None:
             await task
 
 
-def compose_broker_config(tmp_path: Path, port: int) -> Path:
-    """compose/mosquitto/mosquitto.conf as the container reads it, with this machine's paths and a loopback port."""
-    passwd = tmp_path / "passwd"
-    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    for i, (user, password) in enumerate(USERS.items()):
-        subprocess.run([tool, *(["-c"] if i == 0 else []), "-b", str(passwd), user, password], check=True)
-    passwd.chmod(0o600)
-    (tmp_path / "data").mkdir()
-    text = (ROOT / "compose" / "mosquitto" / "mosquitto.conf").read_text()
-    text = (text.replace("/mosquitto/config/passwd", str(passwd))
-            .replace("/mosquitto/config/acl", str(ROOT / "compose" / "mosquitto" / "acl"))
-            .replace("/mosquitto/data/", f"{tmp_path / 'data'}/")
-            .replace("listener 1883", f"listener {port} 127.0.0.1")
-            .replace("log_dest stdout", "log_dest none"))
-    if os.geteuid() == 0:
-        text += "\nuser root\n"  # the image runs it as its own user; here root would switch to 'mosquitto'
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(text)
-    return config
-
-
-async def test_retained_desired_state_survives_a_kill_9_of_the_compose_broker(tmp_path: Path) -> None:
-    from mqtt_bus.local_broker import free_port, mosquitto_binary, wait_listening
-
-    port = free_port()
-    config = compose_broker_config(tmp_path, port)
-    assert "autosave_interval 2" in config.read_text()
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        wait_listening("127.0.0.1", port, proc, 10)
-        return proc
-
-    broker = SimpleNamespace(host="127.0.0.1", port=port)  # what Peer reads of a broker
-    proc = start()
+async def test_retained_desired_state_survives_a_kill_9_of_the_compose_broker() -> None:
+    broker = ComposeBroker()
     try:
-        async with Peer(broker, "controller") as ctl:
+        assert "autosave_interval 2\n" in broker.config.read_text()
+        broker.start()
+        async with _Peer(broker.internal("controller"), "ctl-a") as ctl:
             await ctl.bus.wait_connected(10)
             assert await ctl.bus.publish("edgebatch/agents/cam1/desired", b"generation 7", qos=1, retain=True)
         await asyncio.sleep(3.0)  # one autosave interval (2 s) and a margin
-        proc.kill()  # SIGKILL: no orderly save on the way out
-        proc.wait(10)
-        proc = start()
-        async with Peer(broker, "cam1", ["edgebatch/agents/cam1/desired"]) as cam1:
+        broker.kill()
+        broker.start()
+        async with _Peer(broker.tls("cam1"), "cam1", ["edgebatch/agents/cam1/desired"]) as cam1:
             await eventually(lambda: cam1.heard, 10, "retained desired state after the restart")
         assert [m.payload for m in cam1.heard] == [b"generation 7"]
     finally:
-        proc.kill()
-        proc.wait(10)
+        broker.close()
