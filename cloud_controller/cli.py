@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -14,16 +16,17 @@ import sys
 from cloud_controller.controller import OWNERSHIP_MODES, Controller
 from cloud_controller.policies import DEFAULT_POLICY, POLICIES, make_policy
 from cloud_controller.replicas import ReplicaIdClash
-from mqtt_bus import BrokerSettings
 from mqtt_bus.args import (
     OneLineErrorParser,
+    add_broker_options,
     bounded_float,
-    broker_url,
+    broker_settings,
     finite_float,
     readable_file,
     segment,
     topic_prefix,
 )
+from mqtt_bus.secrets import read_secret
 
 log = logging.getLogger("cloud_controller")
 
@@ -60,11 +63,19 @@ def http_address(text: str) -> str:
     return text
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="cloud-controller", description=__doc__)
-    p.add_argument("--broker", type=broker_url, default="mqtt://127.0.0.1:1883",
-                   help="mqtt://[user:pass@]host[:port] or mqtts://")
-    p.add_argument("--ca-file", type=readable_file, default=None, help="CA bundle for an mqtts:// broker")
+    add_broker_options(p, "mqtt://127.0.0.1:1883", "where the agents publish")
     p.add_argument("--policy", default=DEFAULT_POLICY, metavar="KEY",
                    help="batch-size policy: " + "; ".join(f"{k}: {s.summary}" for k, s in POLICIES.items())
                    + f" (default {DEFAULT_POLICY})")
@@ -94,12 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a batch size an agent refused is not ordered again (600)")
     p.add_argument("--http", type=http_address, default="127.0.0.1:8080",
                    help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable")
+    p.add_argument("--http-token-file", type=readable_file,
+                   default=os.environ.get("EDGEBATCH_HTTP_TOKEN_FILE") or None,
+                   help="file whose first line is the token that the page, /api/fleet and /metrics then require "
+                   "(Bearer, or HTTP Basic with it as the password); /healthz stays open "
+                   "(env EDGEBATCH_HTTP_TOKEN_FILE)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 async def serve(args: argparse.Namespace) -> int:
-    controller = Controller(BrokerSettings.from_url(args.broker, args.ca_file), args.policy_object,
+    controller = Controller(args.broker_settings, args.policy_object,
                             prefix=args.prefix, controller_id=args.id, share_group=args.share_group,
                             ownership=args.ownership, heartbeat_s=args.heartbeat_s,
                             profile_interval_s=args.profile_interval_s,
@@ -124,13 +140,17 @@ async def serve(args: argparse.Namespace) -> int:
         from cloud_controller.web import FleetServer
 
         host, _, port = args.http.rpartition(":")
-        server = FleetServer(controller, host or "127.0.0.1", int(port))
+        host = host or "127.0.0.1"
+        server = FleetServer(controller, host, int(port), token=args.http_token)
         try:
             await server.start()
         except OSError as exc:  # port taken, address not on this host, no permission
             print(f"cloud-controller: error: --http {args.http}: {exc.strerror or exc}", file=sys.stderr, flush=True)
             return 2
         print(f"fleet view on http://{server.host}:{server.port}/ (metrics on /metrics)", flush=True)
+        if args.http_token is None and not _is_loopback(host):
+            log.warning("the fleet page and /metrics on %s are open to anyone who can reach it: give "
+                        "--http-token-file", args.http)
     clash: ReplicaIdClash | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -158,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        BrokerSettings.from_url(args.broker)
+        args.broker_settings = broker_settings(args)
+        args.http_token = read_secret(args.http_token_file, "--http-token-file") if args.http_token_file else None
         try:
             ladder = tuple(int(t) for t in args.ladder.split(",")) if args.ladder else None
         except ValueError:

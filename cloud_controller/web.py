@@ -1,17 +1,29 @@
-"""The controller's HTTP side: Prometheus metrics (/metrics), the fleet as JSON (/api/fleet) and a
-small auto-refreshing page (/). Plain asyncio streams: a few GETs need no web framework."""
+"""The controller's HTTP side, on Starlette and uvicorn: Prometheus metrics (/metrics), the fleet as
+JSON (/api/fleet), a small auto-refreshing page (/) and /healthz; all but /healthz behind a token
+when one is given (``--http-token-file``)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hmac
 import html
-import json
 import logging
+import socket
 import time
+from collections.abc import Iterator
 
+import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_controller.controller import Controller, order_summary
 
@@ -116,49 +128,107 @@ def fleet_page(controller: Controller) -> str:
     )
 
 
+class TokenAuth:
+    """Every request but /healthz needs the token: ``Authorization: Bearer TOKEN`` (Prometheus'
+    ``credentials_file``), or HTTP Basic with the token as the password (a browser asks for it)."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = frozenset({"/healthz"})) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.open_paths = open_paths
+
+    def _allowed(self, authorization: str) -> bool:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            given = value.strip().encode()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+            except (binascii.Error, ValueError):
+                return False
+        else:
+            return False
+        return hmac.compare_digest(given, self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self._allowed(headers.get(b"authorization", b"").decode("latin-1")):
+            await self.app(scope, receive, send)
+            return
+        response = PlainTextResponse("token required\n", status_code=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="edgebatch", charset="UTF-8"'})
+        await response(scope, receive, send)
+
+
+def build_app(controller: Controller, token: str | None = None) -> Starlette:
+    metrics = FleetMetrics(controller)
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(fleet_page(controller))
+
+    async def api_fleet(request: Request) -> Response:
+        return JSONResponse(fleet_json(controller))
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        """200 while the controller is connected to the broker, else 503 (it reconnects by itself)."""
+        connected = controller.bus.connected.is_set()
+        return JSONResponse({"broker_connected": connected, "replica": controller.controller_id},
+                            status_code=200 if connected else 503)
+
+    routes = [Route("/", page, methods=["GET"]), Route("/api/fleet", api_fleet, methods=["GET"]),
+              Route("/metrics", prometheus, methods=["GET"]), Route("/healthz", healthz, methods=["GET"])]
+    middleware = [Middleware(TokenAuth, token=token)] if token else []
+    return Starlette(routes=routes, middleware=middleware)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside the controller's process: the controller owns SIGINT/SIGTERM, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class FleetServer:
-    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """The fleet page, /api/fleet, /metrics and /healthz on uvicorn. The socket is bound here, so a
+    busy port is an OSError for the caller to report, not uvicorn's exit."""
+
+    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 8080,
+                 token: str | None = None) -> None:
         self.controller = controller
         self.host = host
         self.port = port
-        self.metrics = FleetMetrics(controller)
-        self._server: asyncio.Server | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                request = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # headers: not needed
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            if len(parts) < 2 or parts[0] != "GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
-            elif path == "/api/fleet":
-                status, ctype = "200 OK", "application/json"
-                body = json.dumps(fleet_json(self.controller)).encode()
-            elif path == "/":
-                status, ctype, body = "200 OK", "text/html; charset=utf-8", fleet_page(self.controller).encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError) as exc:
-            log.debug("http client dropped: %s", exc)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        self.app = build_app(controller, token)
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="fleet-http")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
         return self.port
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task

@@ -21,7 +21,7 @@ from edge_agent.sinks import to_message
 from edge_agent.stats import WindowStats
 from edge_agent.streams import StreamRoster
 from edge_agent.swap import EngineSwapper
-from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription, WillMessage
+from mqtt_bus import IncomingMessage, MqttBus, Subscription, WillMessage
 from schemas import (
     AdmissionFigures,
     AgentEvent,
@@ -88,7 +88,7 @@ class Agent:
         if settings.publish_detections:
             pipeline.sinks.append(self)
         self.bus = MqttBus(
-            BrokerSettings.from_url(settings.broker_url, settings.broker_ca_file),
+            settings.broker(),
             client_id=f"agent-{self.agent_id}",
             subscriptions=subscriptions,
             will=WillMessage(self.topics.status(self.agent_id), encode(offline), qos=1, retain=True),

@@ -23,10 +23,11 @@ from edge_agent.sources import open_sources
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,
+    add_broker_options,
     batch_list,
     bounded_float,
     bounded_int,
-    broker_url,
+    broker_settings,
     finite_float,
     segment,
     topic_prefix,
@@ -111,16 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     adm.add_argument("--overrun-windows", type=positive_int, default=2, help="windows of 1 s in a row with "
                      "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
                      "(default 2)")
-    run.add_argument("--broker", type=broker_url, default=None,
-                     help="mqtt://[user:pass@]host[:port]: obey a controller")
+    add_broker_options(run, None, "publish telemetry and obey a controller")
     run.add_argument("--agent-id", type=segment("agent id"), default=None,
                      help="agent id on MQTT (default: the host name)")
-    run.add_argument("--prefix", type=topic_prefix, default="edgebatch", help="MQTT topic prefix (default edgebatch)")
-    run.add_argument("--telemetry-interval", type=bounded_float(0.05, 3600, low_inclusive=True), default=1.0,
-                     help="seconds between telemetry messages")
+    # None: AgentSettings' value (EDGEBATCH_PREFIX, EDGEBATCH_TELEMETRY_INTERVAL_S, else its default) stands.
+    run.add_argument("--prefix", type=topic_prefix, default=None, help="MQTT topic prefix (default edgebatch)")
+    run.add_argument("--telemetry-interval", type=bounded_float(0.05, 3600, low_inclusive=True), default=None,
+                     help="seconds between telemetry messages (default 1)")
     run.add_argument("--publish-detections", action="store_true", help="publish per-frame detections on MQTT")
-    run.add_argument("--registry", default=None, help="model registry: a directory or mongodb://... "
-                     "(engines are then fetched from it, and swapped on orders)")
+    run.add_argument("--registry", default=os.environ.get("EDGEBATCH_REGISTRY") or None,
+                     help="model registry: a directory or mongodb://... (engines are then fetched from it, and "
+                     "swapped on orders; env EDGEBATCH_REGISTRY keeps a MongoDB password off the command line)")
     run.add_argument("--model-name", default=None, help="model to serve from the registry")
     run.add_argument("--model-version", default="latest", help="version to serve from the registry (default latest)")
     run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"artifact cache (default {DEFAULT_CACHE})")
@@ -173,6 +175,11 @@ async def run_command(args: argparse.Namespace) -> int:
                        (args.annotated and args.annotated / "x", "--annotated")):
         if path:
             writable(path, flag)
+    if args.broker:
+        try:
+            broker_settings(args)  # a clash or an unreadable secret: say so before loading anything
+        except ValueError as exc:
+            raise EdgeAgentError(str(exc)) from None
     labels = load_labels_for(args.model, args.labels)
     probe = auto_probe()
     swapper = None
@@ -220,10 +227,12 @@ async def run_command(args: argparse.Namespace) -> int:
         from edge_agent.agent import Agent
         from edge_agent.settings import AgentSettings
 
-        overrides = {"broker_url": args.broker, "prefix": args.prefix, "telemetry_interval_s": args.telemetry_interval,
-                     "publish_detections": args.publish_detections}
-        if args.agent_id:
-            overrides["agent_id"] = args.agent_id
+        given = {"broker_url": args.broker, "broker_ca_file": args.ca_file,
+                 "broker_password_file": args.broker_password_file, "broker_client_cert": args.client_cert,
+                 "broker_client_key": args.client_key, "prefix": args.prefix, "agent_id": args.agent_id,
+                 "telemetry_interval_s": args.telemetry_interval,
+                 "publish_detections": args.publish_detections or None}
+        overrides = {key: value for key, value in given.items() if value is not None}  # else env, else default
         try:
             settings = AgentSettings(**overrides)
         except ValueError as exc:

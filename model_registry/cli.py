@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,8 @@ from model_registry.artifacts import ArtifactQuery, pick_artifact
 from model_registry.errors import RegistryError
 from model_registry.registry import Registry, fetch_verified
 from model_registry.stores import open_store
-from mqtt_bus import BrokerSettings, publish_once
-from mqtt_bus.args import OneLineErrorParser, batch_list, bounded_int, segment
+from mqtt_bus import publish_once
+from mqtt_bus.args import OneLineErrorParser, add_broker_options, batch_list, bounded_int, broker_settings, segment
 from schemas import ArtifactTarget, ModelAnnouncement, Topics, encode
 
 PROGRESS_MIN_BYTES = 1 << 20
@@ -26,7 +27,9 @@ PROGRESS_MIN_BYTES = 1 << 20
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="model-registry", description=__doc__)
-    p.add_argument("--store", default="./registry", help="a directory (default ./registry) or mongodb://...")
+    p.add_argument("--store", default=os.environ.get("EDGEBATCH_REGISTRY") or "./registry",
+                   help="a directory (default ./registry) or mongodb://... (env EDGEBATCH_REGISTRY: keeps a "
+                   "MongoDB password off the command line)")
     sub = p.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="store a model file")
     push.add_argument("file", type=Path)
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     push.add_argument("--export-static", type=batch_list, default=None,
                       help="also store one static-batch ONNX per size, e.g. 1,2,4,8,16")
-    push.add_argument("--broker", default=None, help="announce on {prefix}/models/{name} (retained)")
+    add_broker_options(push, None, "announce on {prefix}/models/{name} (retained)")
     push.add_argument("--prefix", default="edgebatch")
     ls = sub.add_parser("list", help="list artifacts as a table")
     ls.add_argument("--name")
@@ -81,7 +84,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.command == "push":
             announcer = None
             if args.broker:
-                settings = BrokerSettings.from_url(args.broker)
+                settings = broker_settings(args)
                 topics = Topics(args.prefix)
 
                 async def announcer(message: ModelAnnouncement) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -103,3 +104,40 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return check
+
+
+# Flag -> environment variable for every CLI that connects to the broker. A flag wins over its
+# variable; a variable's value goes through the same check as the flag's (argparse converts string
+# defaults), so a bad one is the same one-line error.
+BROKER_ENV = {
+    "broker": "EDGEBATCH_BROKER_URL",
+    "broker_password_file": "EDGEBATCH_BROKER_PASSWORD_FILE",
+    "ca_file": "EDGEBATCH_BROKER_CA_FILE",
+    "client_cert": "EDGEBATCH_BROKER_CLIENT_CERT",
+    "client_key": "EDGEBATCH_BROKER_CLIENT_KEY",
+}
+
+
+def add_broker_options(parser: argparse.ArgumentParser, default_url: str | None, purpose: str) -> None:
+    """``--broker`` and the files that go with it (password, CA, client certificate)."""
+    env = {key: os.environ.get(var) or None for key, var in BROKER_ENV.items()}
+    group = parser.add_argument_group(
+        "broker connection", "each flag may come from its environment variable instead; the flag wins")
+    group.add_argument("--broker", type=broker_url, default=env["broker"] or default_url,
+                       help=f"mqtt://[user@]host[:port] or mqtts://... (TLS, port 8883): {purpose} "
+                       f"(env {BROKER_ENV['broker']}{'; default ' + default_url if default_url else ''})")
+    group.add_argument("--broker-password-file", type=readable_file, default=env["broker_password_file"],
+                       help="file whose first line is the broker password, so it is not on the command line "
+                       f"(env {BROKER_ENV['broker_password_file']})")
+    group.add_argument("--ca-file", type=readable_file, default=env["ca_file"],
+                       help=f"CA bundle that signed an mqtts:// broker's certificate (env {BROKER_ENV['ca_file']})")
+    group.add_argument("--client-cert", type=readable_file, default=env["client_cert"],
+                       help=f"PEM client certificate for an mqtts:// broker (env {BROKER_ENV['client_cert']})")
+    group.add_argument("--client-key", type=readable_file, default=env["client_key"],
+                       help=f"its private key (env {BROKER_ENV['client_key']})")
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    """The settings the flags of ``add_broker_options`` describe; ValueError (one line) if they clash."""
+    return BrokerSettings.build(args.broker, ca_file=args.ca_file, password_file=args.broker_password_file,
+                                client_cert=args.client_cert, client_key=args.client_key)

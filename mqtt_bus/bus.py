@@ -14,13 +14,15 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from mqtt_bus.secrets import read_secret, redact
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +46,64 @@ class BrokerSettings:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    client_cert: str | None = None  # PEM certificate (and key) to present to an mqtts:// broker that asks
+    client_key: str | None = None
     keepalive_s: int = 10
     timeout_s: float = 5.0
+
+    @classmethod
+    def build(cls, url: str, *, ca_file: str | None = None, password_file: str | None = None,
+              client_cert: str | None = None, client_key: str | None = None) -> BrokerSettings:
+        """Settings from a URL and the files that keep secrets off the command line: the password is
+        the first line of ``password_file`` (the URL then names only the user). Every mistake is a
+        ValueError of one line that never shows a password."""
+        settings = cls.from_url(url, ca_file)
+        if password_file is not None:
+            if settings.password is not None:
+                raise ValueError(f"broker URL {redact(url)} has a password and a password file is given too: "
+                                 "keep only the file")
+            if settings.username is None:
+                raise ValueError(f"a broker password file needs the user in the URL (mqtt://USER@host), "
+                                 f"got {redact(url)}")
+            settings = replace(settings, password=read_secret(password_file, "broker password file"))
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("a client certificate and its key go together (--client-cert and --client-key)")
+        if not settings.tls and (ca_file or client_cert):
+            raise ValueError(f"a CA file or client certificate needs an mqtts:// broker URL, got {redact(url)}")
+        settings = replace(settings, client_cert=client_cert, client_key=client_key)
+        try:
+            settings.tls_context()  # a bad CA or certificate is an error now, not at every reconnect
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"broker TLS files: {exc}") from None
+        return settings
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert is not None:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
 
     @classmethod
     def from_url(cls, url: str, ca_file: str | None = None) -> BrokerSettings:
         """``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (TLS, default port 8883)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact(url)}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact(url)} has no host")
         try:
             parts.hostname.encode("idna")  # what the socket layer will do; a bad name fails here, not mid-run
         except UnicodeError as exc:
-            raise ValueError(f"broker URL {url!r}: host is not a valid name ({exc})") from None
+            raise ValueError(f"broker URL {redact(url)}: host is not a valid name ({exc})") from None
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             given = parts.port
         except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer ..."
-            raise ValueError(f"broker URL {url!r}: {exc}") from None
+            raise ValueError(f"broker URL {redact(url)}: {exc}") from None
         if given == 0:
-            raise ValueError(f"broker URL {url!r}: port 0 is not a port")
+            raise ValueError(f"broker URL {redact(url)}: port 0 is not a port")
         port = given or (8883 if tls else 1883)
         return cls(
             host=parts.hostname,
@@ -153,9 +191,7 @@ class MqttBus:
                 queues.append(self)
 
         s = self.settings
-        tls_context = None
-        if s.tls:
-            tls_context = ssl.create_default_context(cafile=s.ca_file)
+        tls_context = s.tls_context()
         will = None
         if self.will is not None:
             w = self.will
@@ -354,8 +390,7 @@ async def publish_once(settings: BrokerSettings, client_id: str, topic: str, pay
         async with aiomqtt.Client(settings.host, settings.port, username=settings.username,
                                   password=settings.password, identifier=client_id,
                                   protocol=aiomqtt.ProtocolVersion.V5, timeout=timeout_s,
-                                  tls_context=ssl.create_default_context(cafile=settings.ca_file)
-                                  if settings.tls else None) as client:
+                                  tls_context=settings.tls_context()) as client:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout_s)
     except aiomqtt.MqttError as exc:
         raise ConnectionError(f"MQTT broker {settings.host}:{settings.port}: {exc}") from exc

@@ -63,7 +63,7 @@ class ComposeBroker:
                "CONTROLLER_GID": str(os.getgid())}
         env_file, agents_file = self.dir / "env", self.dir / "agents.txt"
         env_file.write_text(f"CONTROLLER_MQTT_PASSWORD={PASSWORDS['controller']}\n"
-                            f"REGISTRY_MQTT_PASSWORD={PASSWORDS['registry']}\nHTTP_TOKEN=token\n")
+                            f"REGISTRY_MQTT_PASSWORD={PASSWORDS['registry']}\nHTTP_TOKEN=tok-9f27c41e\n")
         agents_file.write_text("".join(f"{a} {p}\n" for a, p in AGENTS.items()))
         env = {**os.environ, **ids, "ENV_FILE": str(env_file), "AGENTS_FILE": str(agents_file),
                "MOSQUITTO_DIR": str(self.dir), "SECRETS_DIR": str(self.dir / "secrets")}

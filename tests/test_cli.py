@@ -155,3 +155,30 @@ def test_run_admits_against_a_profile_file_and_reports_every_stream(tmp_path: Pa
 
     bad = edge_agent("run", "--max-frames", "4", "--profile", str(tmp_path / "none.json"))
     assert bad.returncode == 2 and "--profile" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_run_takes_its_broker_settings_from_the_environment(broker, short_video: Path, tmp_path: Path) -> None:
+    """EDGEBATCH_BROKER_URL, _PREFIX, _AGENT_ID and _TELEMETRY_INTERVAL_S alone make the agent publish
+    (the README promises it; argparse defaults used to win over them)."""
+    import asyncio
+    import os
+
+    from mqtt_bus import BrokerSettings
+    from tests.mqtt_helpers import Peer, eventually
+
+    env = {**os.environ, "EDGEBATCH_BROKER_URL": broker.url, "EDGEBATCH_PREFIX": "site7/eb",
+           "EDGEBATCH_AGENT_ID": "env-cam", "EDGEBATCH_TELEMETRY_INTERVAL_S": "0.2"}
+    async with Peer(BrokerSettings.from_url(broker.url), "env-observer", ["site7/eb/agents/+/telemetry"]) as peer:
+        await peer.bus.wait_connected(10)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_agent.cli", "run", "--source", str(short_video), "--loop", "--fps", "10",
+            "--no-admission", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await eventually(lambda: len(peer.heard) >= 3 or process.returncode is not None, 60,
+                             "telemetry on the prefix from the environment")
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            _, err = await process.communicate()
+    assert len(peer.heard) >= 3, err.decode()[-2000:]
+    assert {m.topic for m in peer.heard} == {"site7/eb/agents/env-cam/telemetry"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,13 +97,15 @@ def controller_cases() -> list[tuple[list[str], str]]:
     ]
 
 
-def one_line_error(module: str, args: list[str], expected: str, cwd: Path) -> None:
+def one_line_error(module: str, args: list[str], expected: str, cwd: Path,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
-                            cwd=cwd)
+                            cwd=cwd, env={**os.environ, **env} if env else None)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, (args, result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, (args, result.stderr[-2000:])
     assert len(lines) == 1 and expected in lines[0], (args, result.stderr[-2000:])
+    return result
 
 
 @pytest.mark.parametrize(("args", "expected"), REGISTRY_CASES, ids=[" ".join(a)[:60] for a, _ in REGISTRY_CASES])
@@ -130,3 +133,38 @@ def test_cloud_controller_http_port_in_use(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         args = ["--http", f"127.0.0.1:{port}", "--broker", f"mqtt://127.0.0.1:{free_port()}"]
         one_line_error("cloud_controller.cli", args, f"--http 127.0.0.1:{port}", tmp_path)
+
+
+# The broker connection flags every connecting CLI shares (mqtt_bus.args.add_broker_options), and
+# their environment variables: each mistake is one line, and never shows the password.
+BROKER_CLIS = {
+    "edge_agent.cli": ["run", "--source", str(VIDEO), "--max-frames", "1"],
+    "cloud_controller.cli": ["--http", "off"],
+    "model_registry.cli": ["push", str(MODEL), "--name", "a", "--version", "1"],
+}
+
+
+def broker_cases(files: Path) -> list[tuple[list[str], dict[str, str], str]]:
+    (files / "pw").write_text("hunter2\n")
+    (files / "empty").write_text("")
+    (files / "garbage.pem").write_text("not a certificate\n")
+    pw, empty, garbage = str(files / "pw"), str(files / "empty"), str(files / "garbage.pem")
+    return [
+        (["--broker", "mqtt://u:hunter2@h", "--broker-password-file", pw], {}, "has a password and a password file"),
+        (["--broker", "mqtt://h", "--broker-password-file", pw], {}, "needs the user in the URL"),
+        (["--broker", "mqtt://u@h", "--broker-password-file", empty], {}, "is empty"),
+        (["--broker", "mqtt://u@h", "--broker-password-file", "/no/pw"], {}, "/no/pw: No such file"),
+        (["--broker", "mqtts://u@h", "--client-cert", garbage], {}, "go together"),
+        (["--broker", "mqtt://u@h", "--ca-file", garbage], {}, "needs an mqtts:// broker URL"),
+        (["--broker", "mqtts://u@h", "--ca-file", garbage], {}, "broker TLS files"),
+        (["--broker", "mqtt://u:hunter2@h:99999"], {}, "Port out of range"),
+        ([], {"EDGEBATCH_BROKER_URL": "http://u:hunter2@h"}, "scheme must be mqtt:// or mqtts://"),
+        (["--broker", "mqtt://u@h"], {"EDGEBATCH_BROKER_PASSWORD_FILE": empty}, "is empty"),
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(BROKER_CLIS))
+def test_broker_connection_mistakes_are_one_line_without_the_password(module: str, tmp_path: Path) -> None:
+    for args, env, expected in broker_cases(tmp_path):
+        result = one_line_error(module, [*BROKER_CLIS[module], *args], expected, tmp_path, env)
+        assert "hunter2" not in result.stderr + result.stdout, (args, env, result.stderr)

@@ -252,3 +252,82 @@ def test_docker_build_context_leaves_out_secrets_and_bulk() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "tests", "bench", "samples/video", "compose/secrets", "compose/ca",
             "compose/mosquitto/passwd", "compose/mosquitto/certs", "compose/.env"} <= ignored
+
+
+# --- the real CLIs with their secrets in files ----------------------------------------------------
+
+def http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broker: ComposeBroker,
+                                                                    tmp_path: Path) -> None:
+    """As compose and deploy/ run them: the controller on the internal listener with the password and
+    HTTP token files make-passwords.sh wrote, the agent over TLS with everything from EDGEBATCH_*
+    variables. No password is on either command line, and they find each other."""
+    import sys
+
+    from mqtt_bus.local_broker import free_port
+    from tests.compose_broker import AGENTS
+    from tests.conftest import VIDEO
+
+    secrets = compose_broker.dir / "secrets"
+    token = (secrets / "http_token").read_text().splitlines()[0]
+    http_port = free_port()
+    controller_argv = [sys.executable, "-m", "cloud_controller.cli",
+                       "--broker", f"mqtt://controller@127.0.0.1:{compose_broker.internal_port}",
+                       "--broker-password-file", str(secrets / "controller_mqtt_password"),
+                       "--http", f"127.0.0.1:{http_port}", "--http-token-file", str(secrets / "http_token"),
+                       "--heartbeat-s", "0.5"]
+    cam1_password = tmp_path / "cam1_password"
+    cam1_password.write_text(AGENTS["cam1"] + "\n")
+    agent_env = {**os.environ, "EDGEBATCH_BROKER_URL": f"mqtts://cam1@localhost:{compose_broker.tls_port}",
+                 "EDGEBATCH_BROKER_PASSWORD_FILE": str(cam1_password),
+                 "EDGEBATCH_BROKER_CA_FILE": compose_broker.ca_file}
+    agent_argv = [sys.executable, "-m", "edge_agent.cli", "run", "--source", str(VIDEO), "--loop", "--fps", "5",
+                  "--agent-id", "cam1", "--no-admission", "--telemetry-interval", "0.5"]
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("controller", "agent")}
+    processes = [subprocess.Popen(controller_argv, stdout=logs["controller"], stderr=subprocess.STDOUT),
+                 subprocess.Popen(agent_argv, env=agent_env, stdout=logs["agent"], stderr=subprocess.STDOUT)]
+    try:
+        async with Peer(compose_broker.internal("controller"), "observer",
+                        ["edgebatch/agents/cam1/telemetry", "edgebatch/controllers/+/alive"]) as observer:
+            await eventually(lambda: any(t.endswith("/telemetry") for t in observer.topics()) and any(
+                t.endswith("/alive") for t in observer.topics()) or any(p.poll() is not None for p in processes),
+                60, "the agent's telemetry over TLS and the controller's heartbeat")
+            assert all(p.poll() is None for p in processes), \
+                [(tmp_path / f"{n}.log").read_text()[-2000:] for n in logs]
+
+            def fleet_lists_cam1() -> bool:
+                status, body = http_get(http_port, "/api/fleet", token)
+                return status == 200 and any(a["agent_id"] == "cam1" and a["telemetry"]
+                                             for a in json.loads(body)["agents"])
+
+            await eventually(fleet_lists_cam1, 30, "cam1 in the controller's fleet")
+        assert http_get(http_port, "/api/fleet")[0] == 401, "the fleet needs the token"
+        assert http_get(http_port, "/metrics", "wrong")[0] == 401
+        assert http_get(http_port, "/healthz")[0] == 200, "health needs no token and the broker is there"
+        for p in processes:
+            argv = Path(f"/proc/{p.pid}/cmdline").read_bytes().decode(errors="replace")
+            for secret in (token, AGENTS["cam1"], (secrets / "controller_mqtt_password").read_text().strip()):
+                assert secret not in argv, "a secret on a command line"
+    finally:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
