@@ -37,7 +37,17 @@ from cloud_controller.controller import Controller
 from cloud_controller.policies import DeadlinePolicy
 from mqtt_bus import BrokerSettings, MqttBus, Subscription
 from mqtt_bus.local_broker import LocalBroker
-from schemas import AgentEvent, DesiredState, LatencyStats, ResourceSample, Telemetry, Topics, decode, encode
+from schemas import (
+    AgentEvent,
+    AgentStatus,
+    DesiredState,
+    LatencyStats,
+    ResourceSample,
+    Telemetry,
+    Topics,
+    decode,
+    encode,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # What compose/mosquitto/mosquitto.conf sets: mosquitto's default (1000 messages queued per client)
@@ -68,6 +78,8 @@ def publisher(url: str, prefix: str, agents: int, messages: int, result: Connect
         bus = MqttBus(BrokerSettings.from_url(url), client_id="bench-publisher")
         task = asyncio.create_task(bus.run(lambda m: asyncio.sleep(0)))
         await bus.wait_connected(10)
+        for i in range(agents):  # agents announce themselves before their telemetry (the controller orders no one else)
+            await bus.publish(topics.status(f"sim{i}"), encode(AgentStatus(agent_id=f"sim{i}", state="online")), qos=1)
         payloads = [(topics.telemetry(f"sim{i}"), encode(sample_telemetry(f"sim{i}", 1))) for i in range(agents)]
         start = time.perf_counter()
         for n in range(messages):

@@ -96,6 +96,7 @@ class ControllerCounters:
     refusals: int = 0  # orders an agent refused (each generation once)
     orders_timed_out: int = 0  # pending orders that got no outcome in time
     held_outside_limits: int = 0  # decisions for a size the agent cannot serve or refused lately
+    held_no_status: int = 0  # windows of agent ids that never announced themselves: not decided on
 
 
 class Controller:
@@ -251,6 +252,12 @@ class Controller:
         view.online = True
         self._expire_pending(view)
         if not view.settled(telemetry):
+            return
+        if view.status is None:
+            # A real agent announces itself (retained status, on every connect) before its telemetry;
+            # an id that only ever sent telemetry gets no order, so no retained desired state is left
+            # behind for ids that never came online (its view still expires like any other).
+            self.counters.held_no_status += 1
             return
         limits = view.limits(time.monotonic())
         decision = self.policy.decide(telemetry, limits)

@@ -45,11 +45,17 @@ from schemas import (
 log = logging.getLogger(__name__)
 
 
+# At most one model announcement is acted on per this many seconds (the latest one).
+ANNOUNCEMENT_INTERVAL_S = 0.5
+
+
 @dataclass
 class AgentCounters:
     rejected_payloads: int = 0
     telemetry_sent: int = 0
     telemetry_unsent: int = 0
+    announcements: int = 0  # model announcements of the served model received
+    announcements_acted_on: int = 0  # of those, prefetched for (a burst collapses into its latest)
 
 
 class Agent:
@@ -81,6 +87,8 @@ class Agent:
         self._telemetry_seq = 0
         self._capabilities: Capabilities | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._latest_announcement: ModelAnnouncement | None = None  # waiting to be acted on
+        self._announcements: asyncio.Task[None] | None = None
         offline = AgentStatus(agent_id=self.agent_id, state="offline")
         subscriptions = [Subscription(self.topics.desired(self.agent_id), qos=1)]
         if swap_handler is not None:
@@ -239,7 +247,26 @@ class Agent:
             log.warning("model announcement rejected: %s", exc)
             return
         if self.swap_handler is not None and name == self.pipeline.serving.model:
-            self._spawn(self._on_serving_model_announced(announcement), f"agent[{self.agent_id}].prefetch")
+            self.counters.announcements += 1
+            self._latest_announcement = announcement
+            if self._announcements is None or self._announcements.done():
+                self._announcements = asyncio.get_running_loop().create_task(
+                    self._act_on_announcements(), name=f"agent[{self.agent_id}].prefetch")
+                self._background.add(self._announcements)
+                self._announcements.add_done_callback(self._background.discard)
+
+    async def _act_on_announcements(self) -> None:
+        """One announcement at a time, the latest first: a burst (a registry re-announcing, or a client
+        allowed to announce flooding the topic) costs one prefetch and one registry query per
+        ``ANNOUNCEMENT_INTERVAL_S``, not one per message."""
+        while self._latest_announcement is not None:
+            announcement, self._latest_announcement = self._latest_announcement, None
+            self.counters.announcements_acted_on += 1
+            try:
+                await self._on_serving_model_announced(announcement)
+            except Exception:  # a registry fault must not stop later announcements from being acted on
+                log.exception("acting on the announcement of %s failed", announcement.name)
+            await asyncio.sleep(ANNOUNCEMENT_INTERVAL_S)
 
     async def _on_serving_model_announced(self, announcement: ModelAnnouncement) -> None:
         assert self.swap_handler is not None

@@ -22,6 +22,23 @@ def window(agent: str, batch: int = 1, delay: float = 33.0, **update) -> Incomin
     return IncomingMessage(T.telemetry(agent), encode(t), False)
 
 
+def online(agent: str) -> AgentStatus:
+    return AgentStatus(agent_id=agent, state="online")
+
+
+async def test_an_id_that_never_announced_itself_gets_no_order() -> None:
+    """Telemetry alone (no retained status: not an agent that connected as agents do) is shown but
+    never decided on, so a thousand made-up ids leave no retained orders behind."""
+    c = controller(ownership="single")
+    for i in range(50):
+        await c.handle(window(f"ghost{i}", delay=40.0))  # each would be ordered up if it were an agent
+    assert c.counters.decisions == 0 and c.counters.held_no_status == 50
+    assert not any(v.decisions for v in c.agents.values())
+    c.on_status("ghost7", online("ghost7"))  # it announces itself: now it is an agent
+    await c.handle(window("ghost7", delay=40.0))
+    assert c.counters.decisions == 1 and [d[1] for d in c.agents["ghost7"].decisions] == [2]
+
+
 def beat(c: Controller, times: int) -> None:
     for _ in range(times):
         alive = ControllerAlive(controller_id="ctl-a", nonce=c.nonce, state="online", started=c.started,
@@ -37,6 +54,7 @@ async def test_telemetry_of_agents_it_does_not_own_is_skipped_before_decoding() 
     assert c.membership.stable and c.membership.live == ("ctl-a",)
     await c.handle(IncomingMessage(T.telemetry("cam1"), b"{not json", False))
     assert c.counters.rejected == 1
+    c.on_status("cam1", online("cam1"))
     await c.handle(window("cam1", delay=40.0))  # 120 % of the frame budget at batch 1: it must move
     assert c.owned == {"cam1"} and c.counters.telemetry == 1 and c.counters.decisions == 1
     # Another replica joins: the agents it wins are given up at once, without waiting.
@@ -54,6 +72,7 @@ async def test_the_learned_profile_is_imported_on_takeover() -> None:
     learned = PolicyState(agent_id="cam1", policy="deadline", controller_id="ctl-dead",
                           delay_ms_by_batch={1: 33.0, 2: 58.0, 4: 108.0, 8: 208.0, 16: 640.0})
     await c.handle(IncomingMessage(T.profile("cam1"), encode(learned), True))
+    c.on_status("cam1", online("cam1"))
     for _ in range(2):  # batch 1 keeps up, barely: a move it is not forced to must be wanted twice
         await c.handle(window("cam1", batch=1))
     assert c.counters.profiles_imported == 1

@@ -397,6 +397,7 @@ async def test_a_pending_order_without_outcome_times_out(broker, prefix) -> None
         ctl = asyncio.create_task(controller.run())
         await controller.bus.wait_connected(10)
         try:
+            await obs.publish(Topics(prefix).status("a1"), encode(AgentStatus(agent_id="a1", state="online")))
             for _ in range(3):
                 await obs.publish(Topics(prefix).telemetry("a1"), encode(telemetry("a1", 2)), qos=0)
                 await asyncio.sleep(0.2)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqtt_bus import BrokerSettings, IncomingMessage, MqttBus, Subscription
-from schemas import ControllerAlive, DesiredState, PolicyState, Topics, decode, encode
+from schemas import AgentStatus, ControllerAlive, DesiredState, PolicyState, Topics, decode, encode
 from tests.mqtt_helpers import eventually, observing
 from tests.test_kum2022 import telemetry
 
@@ -76,6 +76,9 @@ class SimFleet:
             agent.applied, agent.batch, agent.windows_at_size = d.generation, d.batch_size, 0
 
     async def tick(self) -> None:
+        for agent_id in self.agents:  # as a real agent: its retained status first
+            await self.bus.publish(self.topics.status(agent_id), encode(AgentStatus(agent_id=agent_id, state="online")),
+                                   qos=1, retain=True)
         while True:
             for agent_id, a in self.agents.items():
                 a.seq += 1
@@ -221,6 +224,7 @@ async def test_shared_hash_mode_owns_what_the_broker_routes_to_it(broker, prefix
         async with observing(broker.url, f"{prefix}/agents/+/desired") as obs:
             await controller.bus.wait_connected(10)
             await asyncio.sleep(0.3)
+            await obs.publish(topics.status("cam1"), encode(AgentStatus(agent_id="cam1", state="online")), retain=True)
             for seq in range(1, 4):
                 t = telemetry(1, 33.0, fps=FPS).model_copy(update={"agent_id": "cam1", "seq": seq})
                 await obs.publish(topics.telemetry("cam1"), encode(t), qos=0)

@@ -181,3 +181,41 @@ async def test_announcement_prefetches_into_the_cache(broker, prefix, decoder, s
         agent.pipeline.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 60)
+
+
+async def test_a_burst_of_announcements_is_acted_on_once_for_the_latest(broker, prefix, decoder, short_video,
+                                                                      registry_dir, tmp_path) -> None:
+    """200 announcements in a burst: received, but prefetched for (and the registry queried) a few
+    times, and always for the last one; an unchanged cached artifact is not hashed again."""
+    topics = Topics(prefix)
+    cache = ArtifactCache(tmp_path / "cache")
+    store = LocalDirectoryStore(registry_dir)
+    swapper = EngineSwapper(store, cache)
+    prefetched: list[str] = []
+    real_prefetch = swapper.prefetch
+
+    async def counting_prefetch(announcement, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+        prefetched.append(announcement.latest_version)
+        await real_prefetch(announcement, batch_size)
+
+    swapper.prefetch = counting_prefetch  # type: ignore[method-assign]
+    agent = await start_agent(broker.url, prefix, decoder, short_video, swapper, streams=1)
+    base = await Registry(store).announcement("nanodet")
+    versions = {v: await store.find(ArtifactQuery(name="nanodet", version=v)) for v in ("1", "2")}
+    async with observing(broker.url, f"{prefix}/#") as obs:
+        task = asyncio.create_task(agent.run())
+        await agent.bus.wait_connected(10)
+        burst = [base.model_copy(update={"latest_version": v, "artifacts": versions[v]})
+                 for v in ["1", "2"] * 99 + ["1", "2"]]
+        await asyncio.gather(*(obs.publish(topics.model("nanodet"), encode(a)) for a in burst))
+        await eventually(lambda: agent.counters.announcements == len(burst), 30, "every announcement received")
+        await eventually(lambda: agent._announcements is not None and agent._announcements.done(), 30,
+                         "the burst acted on")
+        agent.pipeline.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+    assert prefetched and prefetched[-1] == "2", "the last announcement wins"
+    assert len(prefetched) == agent.counters.announcements_acted_on <= 20, \
+        f"{len(prefetched)} prefetches for {len(burst)} announcements"
+    wanted = next(a for a in versions["2"] if a.batch_sizes == [2])
+    assert cache.path_for(wanted).exists()
