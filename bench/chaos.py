@@ -101,10 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await asyncio.sleep(args.autosave_wait)  # mosquitto's autosave (1 s here, 2 s in compose)
 
             # 1. kill -9 and restart
-            assert broker.process is not None
-            broker.process.send_signal(signal.SIGKILL)
-            broker.process.wait()
-            broker.process = None
+            broker.kill()
             await asyncio.sleep(args.outage_s)
             decisions = controller.counters.decisions
             telemetry_before = controller.counters.telemetry
