@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from model_registry.registry import Registry
 from model_registry.stores.base import ArtifactStore, Progress
 from model_registry.stores.gridfs import GridFsStore
 from mqtt_bus import BrokerSettings
-from mqtt_bus.local_broker import LocalBroker
+from mqtt_bus.local_broker import LocalBroker, free_port
 from schemas import AgentEvent, ArtifactInfo, DesiredState, RunSummary, Topics, decode, encode
 from tests.conftest import MODEL
 from tests.mongo_server import MongoServer
@@ -193,6 +194,30 @@ async def test_hung_broker_is_noticed_inference_goes_on_and_both_reconnect(own_b
         await eventually(lambda: controller.counters.telemetry > telemetry, 20, "telemetry flows again")
         summary = await finish(agent, agent_task)
     assert lost(summary) == 0, f"frames lost while the broker hung: {summary}"
+
+
+async def test_telemetry_after_a_stall_sends_no_catch_up_windows(engine, decoder, short_video) -> None:
+    """Found by the hung-broker test: once the telemetry loop fell behind its schedule (a publish waiting on a
+    hung broker), it caught up with windows microseconds long, back to back; one that rounded to 0 s failed
+    Telemetry's validation and crashed the agent. A stall of the event loop, with no broker at all, shows it."""
+    windows: list[float] = []
+    pipeline = await realtime_pipeline(engine, decoder, short_video)
+    agent = Agent(pipeline, HostProbe(), AgentSettings(broker_url=f"mqtt://127.0.0.1:{free_port()}", agent_id="cam1",
+                                                       telemetry_interval_s=0.1, connect_wait_s=0),
+                  on_window=lambda w: windows.append(w.window_s))
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: len(windows) >= 2, 20, "telemetry windows before the stall")
+        time.sleep(0.8)  # the stall under test: nothing on the event loop runs for 8 intervals
+        stalled_at = len(windows)
+        await eventually(lambda: len(windows) >= stalled_at + 5 or task.done(), 20, "telemetry windows after it")
+        assert not task.done(), f"the agent's run ended: {task.exception() if not task.cancelled() else 'cancelled'}"
+    finally:
+        pipeline.stop()
+        summary = await asyncio.wait_for(task, 60)
+    short = [w for w in windows[stalled_at:] if w < 0.05]
+    assert not short, f"catch-up windows after the stall (interval 0.1 s): {short}"
+    assert lost(summary) == 0
 
 
 # --- the registry's MongoDB killed before and during a swap ---------------------------------------
