@@ -103,10 +103,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await asyncio.sleep(args.autosave_wait)
 
             # 1. kill -9 and restart
-            assert broker.process is not None
-            broker.process.send_signal(signal.SIGKILL)
-            broker.process.wait()
-            broker.process = None
+            broker.kill()
             await asyncio.sleep(args.outage_s)
             decisions = controller.counters.decisions
             telemetry_before = controller.counters.telemetry

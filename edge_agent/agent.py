@@ -204,6 +204,11 @@ class Agent:
             raise_if_cancelling()  # a publish may have swallowed the cancellation (see there)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
+            if next_at - time.monotonic() < interval / 2:
+                # The loop fell behind (a publish waited out a hung broker, the event loop stalled): start the
+                # schedule afresh. Catching up sent windows microseconds long back to back, with absurd rates,
+                # and one that rounded to 0 s failed Telemetry's validation and crashed the agent's run.
+                next_at = time.monotonic() + interval
             message = await self.telemetry()
             if await self.bus.publish(self.topics.telemetry(self.agent_id), encode(message)):
                 self.counters.telemetry_sent += 1

@@ -96,6 +96,13 @@ class LocalBroker:
                 self.process.kill()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no last save, so only what autosave wrote survives."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,8 @@ import pytest
 
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.nanodet import NanoDetDecoder, load_labels
-from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker, free_port, wait_listening
+from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
+from tests.mongo_server import MongoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -81,22 +79,10 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("MONGO_URL"):
         yield os.environ["MONGO_URL"]
         return
-    server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
-    if not Path(server).exists():
-        pytest.fail("no MongoDB: set MONGO_URL or run scripts/test.sh (it installs secantusdb)")
-    port = free_port()
-    log = tmp_path_factory.mktemp("mongo") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
-                                 "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT)
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
     try:
-        wait_listening("127.0.0.1", port, proc, 60)
-    except RuntimeError as exc:
-        proc.kill()
-        pytest.fail(f"MongoDB test server {exc}: {log.read_text()[-2000:]}")
-    yield f"mongodb://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        server.start()
+    except RuntimeError as exc:  # MongoServerMissing, or it did not come up
+        pytest.fail(str(exc))
+    yield server.url
+    server.stop()
