@@ -303,6 +303,10 @@ class StreamRoster:
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += self.settings.window_s
+            if next_at - loop.time() < self.settings.window_s / 2:
+                # Fell behind (the event loop stalled): start afresh rather than catch up with windows
+                # microseconds long back to back, which would count as overrun windows "in a row".
+                next_at = loop.time() + self.settings.window_s
             self.check_overruns()
 
     # --- desired state ------------------------------------------------------------------
