@@ -102,7 +102,11 @@ async def test_retained_desired_state_survives_a_kill_9_of_the_compose_broker() 
         async with _Peer(broker.internal("controller"), "ctl-a") as ctl:
             await ctl.bus.wait_connected(10)
             assert await ctl.bus.publish("edgebatch/agents/cam1/desired", b"generation 7", qos=1, retain=True)
-        await asyncio.sleep(3.0)  # one autosave interval (2 s) and a margin
+        # The compose config saves every 2 s, checked on whole seconds: wait for the save that holds the
+        # order (a deadline, not a sleep that could race it); without a short autosave it never comes.
+        saved = broker.dir / "data" / "mosquitto.db"
+        await eventually(lambda: saved.exists() and b"edgebatch/agents/cam1/desired" in saved.read_bytes(), 10,
+                         "the compose broker's autosave of the retained order")
         broker.kill()
         broker.start()
         async with _Peer(broker.tls("cam1"), "cam1", ["edgebatch/agents/cam1/desired"]) as cam1:
