@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.control import Reconciler
-from edge_agent.control.reconciler import raise_if_cancelling
 from edge_agent.engines import available_backends
 from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline
@@ -22,6 +21,7 @@ from edge_agent.stats import WindowStats
 from edge_agent.streams import StreamRoster
 from edge_agent.swap import EngineSwapper
 from mqtt_bus import IncomingMessage, MqttBus, Subscription, WillMessage
+from mqtt_bus.bus import raise_if_cancelling
 from schemas import (
     AdmissionFigures,
     AgentEvent,

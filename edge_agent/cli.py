@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -12,14 +13,23 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.config import (
+    DEFAULT_CACHE,
+    DEFAULT_MODEL,
+    DEFAULT_VIDEO,
+    ENV_NAMES,
+    FLAG_KEYS,
+    AgentConfig,
+    source_cameras,
+)
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
 from edge_agent.engines import BACKENDS, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.nanodet import NanoDetDecoder, load_labels
-from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
+from edge_agent.pipeline import DetectionFilter, FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
-from edge_agent.sources import open_sources
+from edge_agent.sources import open_streams
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,
@@ -29,19 +39,18 @@ from mqtt_bus.args import (
     bounded_int,
     broker_settings,
     finite_float,
+    readable_file,
     segment,
     topic_prefix,
 )
+from mqtt_bus.layered_config import ConfigError, Layered, load_layered
 from schemas import ArtifactInfo
 
 if TYPE_CHECKING:
     from edge_agent.swap import EngineSwapper
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
 DEFAULT_LABELS = SAMPLES / "models" / "coco.names"
-DEFAULT_VIDEO = SAMPLES / "video" / "vtest.avi"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgebatch" / "artifacts"
 
 log = logging.getLogger("edge_agent")
 
@@ -63,29 +72,67 @@ def load_labels_for(model: Path, labels: Path | None) -> list[str]:
     return load_labels(path)
 
 
-def add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", action="append", dest="sources", metavar="PATH_OR_URL",
-                   help="video file, camera index or rtsp/http URL; repeat for several streams "
-                   "(default: the sample video)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: sample NanoDet-m)")
-    p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
-                   help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
-                   "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
-                   "run on TensorRT")
-    p.add_argument("--labels", type=Path, default=None, help="class names, one per line (default: coco.names)")
-    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=None,
-                   help="initial batch size (default 4; standalone with admission control, the best size for the "
-                   "admitted streams)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--realtime", dest="realtime", action="store_true", default=True,
+def add_run_args(run: argparse.ArgumentParser) -> None:
+    """Flags of ``run`` (and ``config``): each sets one key of the settings tree (edge_agent/config.py);
+    a flag not given is absent (SUPPRESS), so the file, the environment or the default decides."""
+    S = argparse.SUPPRESS
+    run.add_argument("--config", type=readable_file, default=os.environ.get("EDGEBATCH_CONFIG") or None,
+                     help="YAML settings file (env EDGEBATCH_CONFIG): cameras by name and every setting below; "
+                     "the environment overrides it, flags override both; `edge-agent config --print` shows the "
+                     "result")
+    run.add_argument("--source", action="append", dest="sources", metavar="[NAME=]URL", default=S,
+                     help="video file, camera index or rtsp/http URL, optionally named; repeat for several streams "
+                     "(replaces the file's cameras; default: the sample video)")
+    run.add_argument("--model", type=Path, default=S, help="ONNX model (default: sample NanoDet-m)")
+    run.add_argument("--backend", default=S, choices=sorted(BACKENDS),
+                     help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
+                     "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
+                     "run on TensorRT")
+    run.add_argument("--labels", type=Path, default=S, help="class names, one per line (default: coco.names)")
+    run.add_argument("--batch-size", type=bounded_int(1, 1024), default=S,
+                     help="initial batch size (default 4; standalone with admission control, the best size for the "
+                     "admitted streams)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--realtime", dest="realtime", action="store_true", default=S,
                       help="pace sources at their fps, drop the oldest frame on overload (default)")
-    mode.add_argument("--offline", dest="realtime", action="store_false",
+    mode.add_argument("--offline", dest="realtime", action="store_false", default=S,
                       help="as fast as possible, never drop: back-pressure to the sources")
-    p.add_argument("--fps", type=bounded_float(0, 1000), default=None, help="override the sources' frame rate")
-    p.add_argument("--deadline-ms", type=bounded_float(0, 3_600_000), default=1000.0,
-                   help="end-to-end deadline per frame (default 1000)")
-    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames in total")
-    p.add_argument("--loop", action="store_true", help="loop video files (endless demo)")
+    run.add_argument("--fps", type=bounded_float(0, 1000), default=S, help="override the sources' frame rate")
+    run.add_argument("--deadline-ms", type=bounded_float(0, 3_600_000), default=S,
+                     help="end-to-end deadline per frame (default 1000)")
+    run.add_argument("--max-frames", type=positive_int, default=S, help="stop after this many frames in total")
+    run.add_argument("--loop", action="store_true", default=S, help="loop video files (endless demo)")
+    run.add_argument("--detections", type=Path, default=S, help="write detections as JSON lines here")
+    run.add_argument("--annotated", type=Path, default=S, help="write annotated MJPG video per stream here")
+    run.add_argument("--summary", type=Path, default=S, help="write the end-of-run figures as JSON here")
+    adm = run.add_argument_group("admission control", "a stream is admitted only if this device's profile says "
+                                 "every admitted stream still meets its deadline at some batch size; else it is "
+                                 "parked (not read) and reported")
+    adm.add_argument("--profile", type=Path, default=S, help="device profile to admit against: the JSON of "
+                     "`edge-agent profile --json` (default: measure a few batches per size at start-up)")
+    adm.add_argument("--no-admission", dest="admission", action="store_false", default=S,
+                     help="admit every stream (figures are still computed and reported)")
+    adm.add_argument("--headroom", type=finite_float, default=S, help="utilisation the admitted streams may reach "
+                     "(default 0.8: margin for load the profile does not see)")
+    adm.add_argument("--admission-batch-sizes", type=batch_list, default=S,
+                     help="batch sizes admission chooses among (default 1,2,4,8, or those a static engine serves)")
+    adm.add_argument("--overrun-windows", type=positive_int, default=S, help="windows of 1 s in a row with "
+                     "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
+                     "(default 2)")
+    add_broker_options(run, None, "publish telemetry and obey a controller", settings_tree=True)
+    run.add_argument("--agent-id", type=segment("agent id"), default=S,
+                     help="agent id on MQTT (default: the host name)")
+    run.add_argument("--prefix", type=topic_prefix, default=S, help="MQTT topic prefix (default edgebatch)")
+    run.add_argument("--telemetry-interval", type=bounded_float(0.05, 3600, low_inclusive=True), default=S,
+                     help="seconds between telemetry messages (default 1)")
+    run.add_argument("--publish-detections", action="store_true", default=S,
+                     help="publish per-frame detections on MQTT")
+    run.add_argument("--registry", default=S,
+                     help="model registry: a directory or mongodb://... (engines are then fetched from it, and "
+                     "swapped on orders; env EDGEBATCH_REGISTRY keeps a MongoDB password off the command line)")
+    run.add_argument("--model-name", default=S, help="model to serve from the registry")
+    run.add_argument("--model-version", default=S, help="version to serve from the registry (default latest)")
+    run.add_argument("--cache-dir", type=Path, default=S, help=f"artifact cache (default {DEFAULT_CACHE})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,38 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline on one or more streams")
-    add_pipeline_args(run)
-    run.add_argument("--detections", type=Path, default=None, help="write detections as JSON lines here")
-    run.add_argument("--annotated", type=Path, default=None, help="write annotated MJPG video per stream here")
-    run.add_argument("--summary", type=Path, default=None, help="write the end-of-run figures as JSON here")
-    adm = run.add_argument_group("admission control", "a stream is admitted only if this device's profile says "
-                                 "every admitted stream still meets its deadline at some batch size; else it is "
-                                 "parked (not read) and reported")
-    adm.add_argument("--profile", type=Path, default=None, help="device profile to admit against: the JSON of "
-                     "`edge-agent profile --json` (default: measure a few batches per size at start-up)")
-    adm.add_argument("--no-admission", dest="admission", action="store_false", default=True,
-                     help="admit every stream (figures are still computed and reported)")
-    adm.add_argument("--headroom", type=finite_float, default=0.8, help="utilisation the admitted streams may reach "
-                     "(default 0.8: margin for load the profile does not see)")
-    adm.add_argument("--admission-batch-sizes", type=batch_list, default=None,
-                     help="batch sizes admission chooses among (default 1,2,4,8, or those a static engine serves)")
-    adm.add_argument("--overrun-windows", type=positive_int, default=2, help="windows of 1 s in a row with "
-                     "misses, drops or frames at risk (over 1%% of a stream's frames) that make an overrun "
-                     "(default 2)")
-    add_broker_options(run, None, "publish telemetry and obey a controller")
-    run.add_argument("--agent-id", type=segment("agent id"), default=None,
-                     help="agent id on MQTT (default: the host name)")
-    # None: AgentSettings' value (EDGEBATCH_PREFIX, EDGEBATCH_TELEMETRY_INTERVAL_S, else its default) stands.
-    run.add_argument("--prefix", type=topic_prefix, default=None, help="MQTT topic prefix (default edgebatch)")
-    run.add_argument("--telemetry-interval", type=bounded_float(0.05, 3600, low_inclusive=True), default=None,
-                     help="seconds between telemetry messages (default 1)")
-    run.add_argument("--publish-detections", action="store_true", help="publish per-frame detections on MQTT")
-    run.add_argument("--registry", default=os.environ.get("EDGEBATCH_REGISTRY") or None,
-                     help="model registry: a directory or mongodb://... (engines are then fetched from it, and "
-                     "swapped on orders; env EDGEBATCH_REGISTRY keeps a MongoDB password off the command line)")
-    run.add_argument("--model-name", default=None, help="model to serve from the registry")
-    run.add_argument("--model-version", default="latest", help="version to serve from the registry (default latest)")
-    run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"artifact cache (default {DEFAULT_CACHE})")
+    add_run_args(run)
+    config = sub.add_parser("config", help="show the effective settings of `run` and where each came from")
+    add_run_args(config)
+    config.add_argument("--print", action="store_true", default=True, help="print them (the default)")
+    config.add_argument("--json", action="store_true", help="as JSON: key -> {value, from}")
 
     demo = sub.add_parser("demo", help="the whole loop locally: private mosquitto, controller, agent")
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -202,7 +222,11 @@ async def run_command(args: argparse.Namespace) -> int:
     else:
         engine = await asyncio.to_thread(load_engine, args.model, args.backend)
     batch_size = args.batch_size or 4
-    sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
+    pipeline_filters: dict[str, DetectionFilter] = {}
+    sources = await open_streams(args.settings.stream_specs())
+    for name, camera in args.settings.enabled_cameras().items():
+        if camera.score_threshold is not None or camera.classes is not None:
+            pipeline_filters[name] = DetectionFilter(camera.score_threshold, frozenset(camera.classes or ()) or None)
     sinks: list[FrameSink] = []
     if args.detections:
         sinks.append(JsonLinesSink(args.detections))
@@ -216,6 +240,7 @@ async def run_command(args: argparse.Namespace) -> int:
     decoder = NanoDetDecoder(labels)
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
+    pipeline.detection_filters.update(pipeline_filters)
     roster = await start_roster(args, pipeline, engine, decoder, probe.name != "host",
                                 adapt_batch_size=args.batch_size is None and not args.broker)
     loop = asyncio.get_running_loop()
@@ -231,7 +256,8 @@ async def run_command(args: argparse.Namespace) -> int:
                  "broker_password_file": args.broker_password_file, "broker_client_cert": args.client_cert,
                  "broker_client_key": args.client_key, "prefix": args.prefix, "agent_id": args.agent_id,
                  "telemetry_interval_s": args.telemetry_interval,
-                 "publish_detections": args.publish_detections or None}
+                 "publish_detections": args.publish_detections,
+                 "connect_wait_s": args.settings.agent.connect_wait_s}
         overrides = {key: value for key, value in given.items() if value is not None}  # else env, else default
         try:
             settings = AgentSettings(**overrides)
@@ -277,7 +303,9 @@ async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: Inf
     first = pipeline.sources[0].uri if pipeline.sources else str(DEFAULT_VIDEO)
     profile = await load_device_profile(engine, decoder, first, sizes, args.profile, overlap,
                                         progress=lambda m: print(m, file=sys.stderr, flush=True))
-    settings = AdmissionSettings(enabled=args.admission, headroom=args.headroom,
+    # Offline runs pace themselves by back-pressure and have no real-time deadline to protect: every stream
+    # is admitted (the figures are still reported).
+    settings = AdmissionSettings(enabled=args.admission and args.realtime, headroom=args.headroom,
                                  overrun_windows=args.overrun_windows, adapt_batch_size=adapt_batch_size)
     roster = StreamRoster(pipeline, profile, settings)
     roster.listeners.append(lambda kind, stream_id, _f, detail: print(
@@ -355,12 +383,46 @@ def profile_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_settings(args: argparse.Namespace) -> Layered[AgentConfig]:
+    """The settings tree from --config, EDGEBATCH_* and the flags given; then the flags' names in ``args``
+    carry the effective values, for the code below that reads them."""
+    flags = {key: (flag, getattr(args, dest)) for dest, (key, flag) in FLAG_KEYS.items() if hasattr(args, dest)}
+    if getattr(args, "sources", None):
+        try:
+            flags["cameras"] = ("--source", source_cameras(args.sources))
+        except ValueError as exc:
+            raise EdgeAgentError(str(exc)) from None
+    try:
+        layered = load_layered(AgentConfig, file=Path(args.config) if args.config else None, env_names=ENV_NAMES,
+                               flags=flags)
+    except ConfigError as exc:
+        raise EdgeAgentError(f"settings: {exc}") from None
+    tree = layered.config.model_dump()
+    for dest, (key, _flag) in FLAG_KEYS.items():
+        section, _, name = key.partition(".")
+        setattr(args, dest, tree[section][name])
+    args.settings = layered.config
+    return layered
+
+
+def config_command(args: argparse.Namespace) -> int:
+    layered = load_settings(args)
+    if args.json:
+        print(json.dumps({k: {"value": v, "from": o} for k, v, o in layered.effective()}, indent=2))
+    else:
+        print("\n".join(layered.lines()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "config":
+            return config_command(args)
         if args.command == "run":
+            load_settings(args)
             return asyncio.run(run_command(args))
         if args.command == "profile":
             return profile_command(args)

@@ -21,7 +21,7 @@ from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
 from edge_agent.sources import VideoSource, monotonic_to_wall
 from edge_agent.stats import PipelineStats
-from schemas import RunSummary
+from schemas import Detection, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ class FrameSink(Protocol):
     async def write(self, frames: Sequence[Frame]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DetectionFilter:
+    """A camera's own view of the detector's output: a higher score bar, and the classes it cares about.
+    (The decoder's own threshold applies first, so a camera can only raise it.)"""
+
+    min_score: float | None = None
+    labels: frozenset[str] | None = None
+
+    def apply(self, detections: list[Detection]) -> list[Detection]:
+        return [d for d in detections if (self.min_score is None or d.score >= self.min_score)
+                and (self.labels is None or d.label in self.labels)]
 
 
 @dataclass
@@ -143,6 +156,7 @@ class Pipeline:
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
         self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
+        self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
         self.started = asyncio.Event()
 
     # --- control ------------------------------------------------------------------------
@@ -454,6 +468,10 @@ class Pipeline:
         assert batch.outputs is not None
         sizes = [f.image.shape[:2] for f in batch.frames]
         detections = self.decoder.decode_batch(batch.outputs, sizes)
+        if self.detection_filters:
+            filters = self.detection_filters
+            detections = [filters[f.stream_id].apply(dets) if f.stream_id in filters else dets
+                          for f, dets in zip(batch.frames, detections, strict=True)]
         end = time.monotonic()
         batch.outputs = None
         batch.post_ms = (end - start) * 1000.0

@@ -1,24 +1,18 @@
-"""Agent settings: one place, from env vars (``EDGEBATCH_*``) and the command line."""
+"""What the Agent (MQTT side) runs with. Built from the settings tree (edge_agent/config.py), which
+alone reads files, environment variables and flags; tests and benches build it directly."""
 
 from __future__ import annotations
 
-import socket
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
+from edge_agent.config import default_agent_id
 from mqtt_bus import BrokerSettings
 from schemas import DEFAULT_PREFIX
 from schemas.topics import check_segment
 
 
-def default_agent_id() -> str:
-    name = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in socket.gethostname())
-    return name[:128] or "agent"
-
-
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGEBATCH_", extra="forbid")
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
     broker_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://[user:pass@]host[:port]")
     broker_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers")

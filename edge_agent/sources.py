@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import SourceError
+from schemas.messages import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,13 @@ class VideoSource:
 
 async def open_sources(uris: list[str], fps: float | None = None, loop: bool = False) -> list[VideoSource]:
     """Open every source (in threads, concurrently); stream ids are ``s0, s1, ...``."""
-    sources = [VideoSource(uri, f"s{i}", fps=fps, loop=loop) for i, uri in enumerate(uris)]
+    specs = [StreamSpec(stream_id=f"s{i}", url=uri, fps=fps, loop=loop) for i, uri in enumerate(uris)]
+    return await open_streams(specs)
+
+
+async def open_streams(specs: Sequence[StreamSpec]) -> list[VideoSource]:
+    """Open the streams a settings tree or a desired state names, each with its own rate, deadline and loop."""
+    sources = [VideoSource(s.url, s.stream_id, fps=s.fps, loop=s.loop, deadline_ms=s.deadline_ms) for s in specs]
     results = await asyncio.gather(*(asyncio.to_thread(s.open) for s in sources), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:

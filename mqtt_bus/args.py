@@ -118,12 +118,18 @@ BROKER_ENV = {
 }
 
 
-def add_broker_options(parser: argparse.ArgumentParser, default_url: str | None, purpose: str) -> None:
-    """``--broker`` and the files that go with it (password, CA, client certificate)."""
-    env = {key: os.environ.get(var) or None for key, var in BROKER_ENV.items()}
+def add_broker_options(parser: argparse.ArgumentParser, default_url: str | None, purpose: str,
+                       settings_tree: bool = False) -> None:
+    """``--broker`` and the files that go with it (password, CA, client certificate). With
+    ``settings_tree`` a flag not given is absent from the namespace: the caller's settings tree (file,
+    environment, defaults) decides, and knows where each value came from."""
+    env: dict[str, str | None] = {key: os.environ.get(var) or None for key, var in BROKER_ENV.items()}
+    env["broker"] = env["broker"] or default_url
+    if settings_tree:
+        env = dict.fromkeys(BROKER_ENV, argparse.SUPPRESS)
     group = parser.add_argument_group(
         "broker connection", "each flag may come from its environment variable instead; the flag wins")
-    group.add_argument("--broker", type=broker_url, default=env["broker"] or default_url,
+    group.add_argument("--broker", type=broker_url, default=env["broker"],
                        help=f"mqtt://[user@]host[:port] or mqtts://... (TLS, port 8883): {purpose} "
                        f"(env {BROKER_ENV['broker']}{'; default ' + default_url if default_url else ''})")
     group.add_argument("--broker-password-file", type=readable_file, default=env["broker_password_file"],

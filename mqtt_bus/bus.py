@@ -318,15 +318,26 @@ class MqttBus:
             await client.publish(topic, payload, qos=qos, retain=retain, properties=properties,
                                  timeout=self.settings.timeout_s)
         except aiomqtt.MqttError as exc:
+            raise_if_cancelling()
             self.counters.publish_failed += 1
             log.debug("publish to %s failed: %s", topic, exc)
             return False
+        raise_if_cancelling()
         self.counters.published += 1
         return True
 
     async def wait_connected(self, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             await self.connected.wait()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed: on Python 3.11, ``wait_for`` (inside aiomqtt's publish)
+    can return normally when a cancellation races its completion. A loop that publishes would then run
+    on after ``cancel()``, and whoever awaits it (a TaskGroup, a test's clean-up) waits for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _read_in_bulk(client: aiomqtt.Client) -> None:

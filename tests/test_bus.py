@@ -68,3 +68,28 @@ async def test_a_hung_broker_is_asked_and_dropped_before_the_keepalive_would(own
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_publish_that_swallows_a_cancellation_still_ends_the_task() -> None:
+    """On Python 3.11 aiomqtt's publish (``wait_for``) can return normally when a cancellation races its
+    completion; a loop that publishes must still end when cancelled (a hung test clean-up, a TaskGroup that
+    never finishes, were the symptoms). The race is reproduced by a publish that swallows it."""
+
+    class SwallowingClient:
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(5)
+
+    bus = MqttBus(BrokerSettings(port=9), "swallow")
+    bus._client = SwallowingClient()  # type: ignore[assignment]
+    bus.connected.set()
+
+    async def publishing_loop() -> None:
+        while True:
+            await bus.publish("t", b"x")
+
+    task = asyncio.create_task(publishing_loop())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)

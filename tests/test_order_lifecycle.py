@@ -443,7 +443,7 @@ def test_an_old_retained_refusal_holds_nothing_back() -> None:
 async def test_a_loop_whose_cancellation_was_swallowed_still_ends() -> None:
     """Python 3.11's wait_for (in aiomqtt's publish) can swallow a cancellation; the reconciler's loop and the
     telemetry loop must still end, or the agent's TaskGroup waits for them forever."""
-    from edge_agent.control.reconciler import raise_if_cancelling
+    from mqtt_bus.bus import raise_if_cancelling
 
     async def loop() -> None:
         while True:

@@ -29,6 +29,7 @@ from edge_agent.errors import OrderRefused
 from edge_agent.pipeline import Pipeline
 from edge_agent.probes import ResourceProbe
 from edge_agent.swap import EngineSwapper, MemoryGuard
+from mqtt_bus.bus import raise_if_cancelling
 from schemas import DesiredState, EventKind, OrderOutcome, OrderOutcomeKind, RefusalReason
 
 log = logging.getLogger(__name__)
@@ -321,12 +322,3 @@ class Reconciler:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
-
-
-def raise_if_cancelling() -> None:
-    """End a long-lived loop whose cancellation was swallowed: on Python 3.11, ``wait_for`` (inside
-    aiomqtt's publish) can return normally when a cancellation races its completion, and the loop would
-    then wait for its next order forever while the agent's TaskGroup waits for it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -1,0 +1,206 @@
+"""The agent's one settings tree: ``--config agent.yml``, then ``EDGEBATCH_*`` variables, then flags.
+
+```yaml
+agent: {id: cam-box-1, prefix: edgebatch, telemetry_interval_s: 1}
+broker: {url: "mqtts://cam-box-1@broker.example:8883", password_file: /etc/edgebatch/mqtt_password,
+         ca_file: /etc/edgebatch/ca.crt}
+model: {path: samples/models/nanodet-m-416-coco.onnx, backend: onnxruntime}
+pipeline: {deadline_ms: 1000}
+cameras:
+  gate: {url: "rtsp://10.0.0.5/stream1", fps: 10, deadline_ms: 500, score_threshold: 0.5, classes: [person, car]}
+  yard: {url: "rtsp://10.0.0.6/stream1", enabled: false}
+```
+
+``edge-agent config --print`` shows every effective value and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from schemas import DEFAULT_PREFIX
+from schemas.messages import StreamSpec
+from schemas.topics import check_segment
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEFAULT_MODEL = SAMPLES / "models" / "nanodet-m-416-coco.onnx"
+DEFAULT_VIDEO = SAMPLES / "video" / "vtest.avi"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgebatch" / "artifacts"
+
+CameraName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_agent_id() -> str:
+    name = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in socket.gethostname())
+    return name[:128] or "agent"
+
+
+class AgentSection(Section):
+    id: str = Field(default_factory=default_agent_id, description="this agent's id on MQTT (= its MQTT user)")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="topic prefix")
+    telemetry_interval_s: float = Field(default=1.0, ge=0.05, le=3600, description="seconds between telemetry")
+    publish_detections: bool = Field(default=False, description="publish per-frame detections on MQTT")
+    connect_wait_s: float = Field(default=3.0, ge=0, le=600, description="how long inference waits for the broker")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_topic_segment(cls, value: str) -> str:
+        return check_segment(value, "agent id")
+
+
+class BrokerSection(Section):
+    url: str | None = Field(default=None, description="mqtt://[user@]host[:port] or mqtts://; none: no controller")
+    password_file: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+class ModelSection(Section):
+    path: Path = Field(default=DEFAULT_MODEL, description="ONNX model (or a TensorRT .plan with backend tensorrt)")
+    backend: str = Field(default="onnxruntime", description="onnxruntime, pytorch or tensorrt")
+    labels: Path | None = Field(default=None, description="class names, one per line (default: coco.names)")
+    registry: str | None = Field(default=None, description="a directory or mongodb://...: engines come from it")
+    name: str | None = Field(default=None, description="model to serve from the registry")
+    version: str = Field(default="latest", description="version to serve from the registry")
+    cache_dir: Path = Field(default=DEFAULT_CACHE, description="artifact cache")
+
+
+class PipelineSection(Section):
+    batch_size: int | None = Field(default=None, ge=1, le=1024, description="initial batch size")
+    realtime: bool = Field(default=True, description="pace sources, drop the oldest frame on overload")
+    deadline_ms: float = Field(default=1000.0, gt=0, le=3_600_000, description="end-to-end deadline per frame")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="frame rate of every camera without its own")
+    max_frames: int | None = Field(default=None, ge=1, description="stop after this many frames in total")
+    loop: bool = Field(default=False, description="loop video files")
+
+
+class AdmissionSection(Section):
+    enabled: bool = True
+    profile: Path | None = Field(default=None, description="device profile JSON (default: measured at start)")
+    headroom: float = Field(default=0.8, gt=0, le=1)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
+    overrun_windows: int = Field(default=2, ge=1, le=3600)
+
+
+class OutputsSection(Section):
+    detections: Path | None = Field(default=None, description="detections as JSON lines")
+    annotated: Path | None = Field(default=None, description="annotated MJPG video per stream, in this folder")
+    summary: Path | None = Field(default=None, description="the end-of-run figures as JSON")
+
+
+class CameraConfig(Section):
+    url: str = Field(min_length=1, max_length=2000, description="video file, camera index or rtsp/http URL")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="frame-rate cap (default: pipeline.fps)")
+    deadline_ms: float | None = Field(default=None, gt=0, le=3_600_000, description="default: pipeline.deadline_ms")
+    model: str | None = Field(default=None, description="must be the agent's model: one engine serves all cameras")
+    score_threshold: float | None = Field(default=None, ge=0, le=1, description="drop detections below it")
+    classes: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=1000, description="keep only these class names")
+    enabled: bool = True
+    loop: bool | None = Field(default=None, description="loop a video file (default: pipeline.loop)")
+
+
+class AgentConfig(Section):
+    agent: AgentSection = Field(default_factory=AgentSection)
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    admission: AdmissionSection = Field(default_factory=AdmissionSection)
+    outputs: OutputsSection = Field(default_factory=OutputsSection)
+    cameras: dict[CameraName, CameraConfig] = Field(
+        default_factory=lambda: {"s0": CameraConfig(url=str(DEFAULT_VIDEO))}, max_length=1024,
+        description="streams by name (default: the sample video)")
+
+    @model_validator(mode="after")
+    def _cameras_fit_the_agent(self) -> AgentConfig:
+        model_names = {self.model.name, self.model.path.stem} - {None}
+        for name, camera in self.cameras.items():
+            if camera.model is not None and camera.model not in model_names:
+                raise ValueError(f"camera {name!r} asks for model {camera.model!r}, but this agent serves "
+                                 f"{' / '.join(sorted(n for n in model_names if n))}: one engine serves every camera")
+        return self
+
+    def enabled_cameras(self) -> dict[str, CameraConfig]:
+        return {name: c for name, c in self.cameras.items() if c.enabled}
+
+    def stream_specs(self) -> list[StreamSpec]:
+        """The enabled cameras as the streams to open, with the pipeline's defaults filled in."""
+        p = self.pipeline
+        return [StreamSpec(stream_id=name, url=c.url, fps=c.fps if c.fps is not None else p.fps,
+                           deadline_ms=c.deadline_ms, loop=p.loop if c.loop is None else c.loop)
+                for name, c in self.enabled_cameras().items()]
+
+
+# The variables the agent reads (documented in README.md); each sets one key of the tree.
+ENV_NAMES: dict[str, str] = {
+    "EDGEBATCH_AGENT_ID": "agent.id",
+    "EDGEBATCH_PREFIX": "agent.prefix",
+    "EDGEBATCH_TELEMETRY_INTERVAL_S": "agent.telemetry_interval_s",
+    "EDGEBATCH_PUBLISH_DETECTIONS": "agent.publish_detections",
+    "EDGEBATCH_BROKER_URL": "broker.url",
+    "EDGEBATCH_BROKER_PASSWORD_FILE": "broker.password_file",
+    "EDGEBATCH_BROKER_CA_FILE": "broker.ca_file",
+    "EDGEBATCH_BROKER_CLIENT_CERT": "broker.client_cert",
+    "EDGEBATCH_BROKER_CLIENT_KEY": "broker.client_key",
+    "EDGEBATCH_REGISTRY": "model.registry",
+    "EDGEBATCH_MODEL_NAME": "model.name",
+    "EDGEBATCH_MODEL_VERSION": "model.version",
+    "EDGEBATCH_BACKEND": "model.backend",
+}
+
+# argparse destination -> (key of the tree, the flag as a user types it)
+FLAG_KEYS: dict[str, tuple[str, str]] = {
+    "agent_id": ("agent.id", "--agent-id"),
+    "prefix": ("agent.prefix", "--prefix"),
+    "telemetry_interval": ("agent.telemetry_interval_s", "--telemetry-interval"),
+    "publish_detections": ("agent.publish_detections", "--publish-detections"),
+    "broker": ("broker.url", "--broker"),
+    "broker_password_file": ("broker.password_file", "--broker-password-file"),
+    "ca_file": ("broker.ca_file", "--ca-file"),
+    "client_cert": ("broker.client_cert", "--client-cert"),
+    "client_key": ("broker.client_key", "--client-key"),
+    "model": ("model.path", "--model"),
+    "backend": ("model.backend", "--backend"),
+    "labels": ("model.labels", "--labels"),
+    "registry": ("model.registry", "--registry"),
+    "model_name": ("model.name", "--model-name"),
+    "model_version": ("model.version", "--model-version"),
+    "cache_dir": ("model.cache_dir", "--cache-dir"),
+    "batch_size": ("pipeline.batch_size", "--batch-size"),
+    "realtime": ("pipeline.realtime", "--realtime/--offline"),
+    "deadline_ms": ("pipeline.deadline_ms", "--deadline-ms"),
+    "fps": ("pipeline.fps", "--fps"),
+    "max_frames": ("pipeline.max_frames", "--max-frames"),
+    "loop": ("pipeline.loop", "--loop"),
+    "admission": ("admission.enabled", "--no-admission"),
+    "profile": ("admission.profile", "--profile"),
+    "headroom": ("admission.headroom", "--headroom"),
+    "admission_batch_sizes": ("admission.batch_sizes", "--admission-batch-sizes"),
+    "overrun_windows": ("admission.overrun_windows", "--overrun-windows"),
+    "detections": ("outputs.detections", "--detections"),
+    "annotated": ("outputs.annotated", "--annotated"),
+    "summary": ("outputs.summary", "--summary"),
+}
+
+
+def source_cameras(sources: list[str]) -> dict[str, dict[str, Any]]:
+    """``--source`` flags as cameras: ``NAME=URL`` names the stream, a plain URL is ``s0, s1, ...``."""
+    cameras: dict[str, dict[str, Any]] = {}
+    for i, text in enumerate(sources):
+        name, sep, url = text.partition("=")
+        if not sep or "://" in name or not name or os.sep in name:  # a URL or path, not NAME=
+            name, url = f"s{i}", text
+        if name in cameras:
+            raise ValueError(f"--source {text}: stream name {name!r} given twice")
+        cameras[name] = {"url": url}
+    return cameras
