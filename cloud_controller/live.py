@@ -56,6 +56,7 @@ class LiveFleet:
         self.max_streams = max_streams
         self.streams: set[asyncio.Event] = set()  # one stop event per open stream
         self.closing = False
+        self._states: tuple[float, dict[str, dict[str, Any]]] = (-1.0, {})
         self.page = (resources.files("cloud_controller") / "static" / "fleet.html").read_text(encoding="utf-8")
 
     # --- what is sent ------------------------------------------------------------------------
@@ -82,6 +83,15 @@ class LiveFleet:
             "streams": streams,
         }
 
+    def agent_states(self) -> dict[str, dict[str, Any]]:
+        """Every agent's state, built once per half interval whatever the number of open streams."""
+        at, states = self._states
+        now = time.monotonic()
+        if now - at >= self.interval_s / 2:
+            states = {a: self.agent_state(v) for a, v in sorted(self.controller.agents.items())}
+            self._states = (now, states)
+        return states
+
     def fleet_state(self) -> dict[str, Any]:
         c = self.controller
         return {"policy": c.policy.name, "controller_id": c.controller_id, "replicas": list(c.membership.live),
@@ -90,10 +100,10 @@ class LiveFleet:
 
     def snapshot(self) -> dict[str, Any]:
         agents = {}
-        for agent_id in sorted(self.controller.agents):
+        for agent_id, state in self.agent_states().items():
             h = self.history.agents.get(agent_id)
             agents[agent_id] = {
-                "state": self.agent_state(self.controller.agents[agent_id]),
+                "state": state,
                 "points": [point_json(p) for p in h.points] if h else [],
                 "markers": [m.as_json() for m in h.markers] if h else [],
             }
@@ -103,11 +113,11 @@ class LiveFleet:
     def _update(self, sent: dict[str, tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
         """What changed since ``sent`` (per agent: points and markers sent, last state sent), which it updates."""
         agents: dict[str, dict[str, Any]] = {}
-        for agent_id in sorted(self.controller.agents):
+        states = self.agent_states()
+        for agent_id, state in states.items():
             h = self.history.agents.get(agent_id)
             points_seen, markers_seen, state_seen = sent.get(agent_id, (0, 0, {}))
             entry: dict[str, Any] = {}
-            state = self.agent_state(self.controller.agents[agent_id])
             if state != state_seen:
                 entry["state"] = state
             if h is not None:
@@ -119,7 +129,7 @@ class LiveFleet:
             sent[agent_id] = (points_seen, markers_seen, state)
             if entry:
                 agents[agent_id] = entry
-        gone = [a for a in sent if a not in self.controller.agents]
+        gone = [a for a in sent if a not in states]
         for agent_id in gone:
             del sent[agent_id]
         return {"now": round(time.time(), 2), "fleet": self.fleet_state(), "agents": agents, "gone": gone}
