@@ -113,11 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal-hold", type=bounded_float(0, 86_400 * 7, low_inclusive=True), default=S,
                    help="seconds a batch size an agent refused is not ordered again (600)")
     p.add_argument("--http", type=http_address, default=S,
-                   help="HOST:PORT for /metrics (Prometheus), /api/fleet and the fleet page; 'off' to disable "
+                   help="HOST:PORT for /metrics (Prometheus), /api/fleet and the live fleet page (/); 'off' to disable "
                    "(default 127.0.0.1:8080)")
     p.add_argument("--http-token-file", type=readable_file, default=S,
                    help="file whose first line is the token that the page, /api/fleet and /metrics then require "
-                   "(Bearer, or HTTP Basic with it as the password); /healthz stays open "
+                   "(Bearer, or HTTP Basic with it as the password); /healthz stays open. With a token the page "
+                   "is writable: an operator may pin an agent's batch size; without one it is read-only "
                    "(env EDGEBATCH_HTTP_TOKEN_FILE)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p

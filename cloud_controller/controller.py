@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cloud_controller.operator import MAX_REASON, OPERATOR, BadOrder, NotHere, Pin, UnknownAgent
 from cloud_controller.ownership import OwnerMap
 from cloud_controller.policies import BatchPolicy, Decision
 from cloud_controller.replicas import Membership, ReplicaIdClash
@@ -70,8 +71,11 @@ _OUTCOME_OF_EVENT: dict[str, Literal["applied", "refused", "superseded", "stale"
     "desired_ignored": "stale",
 }
 
-DecisionListener = Callable[[AgentView, DesiredState, Decision], None]
+DecisionListener = Callable[[AgentView, DesiredState, Decision], None]  # the policy's orders
+DesiredListener = Callable[[AgentView, DesiredState], None]  # every order this replica gives (policy, operator)
+TelemetryListener = Callable[[AgentView, Telemetry], None]  # every window handled, before the policy sees it
 EventListener = Callable[[AgentEvent], None]
+ExpiryListener = Callable[[str], None]  # an agent's view was forgotten
 OwnershipMode = Literal["hrw", "shared-hash", "single"]
 OWNERSHIP_MODES: tuple[OwnershipMode, ...] = ("hrw", "shared-hash", "single")
 
@@ -97,6 +101,8 @@ class ControllerCounters:
     orders_timed_out: int = 0  # pending orders that got no outcome in time
     held_outside_limits: int = 0  # decisions for a size the agent cannot serve or refused lately
     held_no_status: int = 0  # windows of agent ids that never announced themselves: not decided on
+    held_pinned: int = 0  # windows of agents an operator pinned: not decided on
+    operator_orders: int = 0  # pins and releases published
 
 
 class Controller:
@@ -130,7 +136,11 @@ class Controller:
         self.agents: dict[str, AgentView] = {}
         self.counters = ControllerCounters()
         self.decision_listeners: list[DecisionListener] = []
+        self.desired_listeners: list[DesiredListener] = []
+        self.telemetry_listeners: list[TelemetryListener] = []
         self.event_listeners: list[EventListener] = []
+        self.expiry_listeners: list[ExpiryListener] = []
+        self.pins: dict[str, Pin] = {}  # agents an operator holds at a batch size (this replica's own)
         self.nonce = secrets.token_hex(8)
         self.started = time.time()
         self.membership = Membership(controller_id, self.nonce, self.started, miss_beats, grace_beats)
@@ -250,6 +260,8 @@ class Controller:
         view = self.view(agent_id)
         view.telemetry = telemetry
         view.online = True
+        for listener in self.telemetry_listeners:
+            listener(view, telemetry)
         self._expire_pending(view)
         if not view.settled(telemetry):
             return
@@ -258,6 +270,9 @@ class Controller:
             # an id that only ever sent telemetry gets no order, so no retained desired state is left
             # behind for ids that never came online (its view still expires like any other).
             self.counters.held_no_status += 1
+            return
+        if agent_id in self.pins:
+            self.counters.held_pinned += 1
             return
         limits = view.limits(time.monotonic())
         decision = self.policy.decide(telemetry, limits)
@@ -337,6 +352,9 @@ class Controller:
         self.owned.discard(agent_id)
         self.policy.forget(agent_id)
         self._profile_sent.pop(agent_id, None)
+        pin = self.pins.pop(agent_id, None)
+        if pin is not None:  # the order stays retained; the next owner's policy decides from there
+            log.warning("%s: pinned at batch %d, now given up: the pin is dropped", agent_id, pin.batch_size)
         view = self.agents.get(agent_id)
         if view is not None:
             view.pending = None
@@ -363,22 +381,84 @@ class Controller:
     async def order(self, view: AgentView, decision: Decision) -> DesiredState:
         """Publish the decision as the agent's desired state (retained). Returns once it is handed to
         the bus; the broker's acknowledgement is awaited beside the message loop."""
-        desired = DesiredState(
-            agent_id=view.agent_id,
-            generation=view.next_generation(),
-            batch_size=decision.batch_size,
-            reason=f"{self.policy.name}: {decision.reason}",
-            issued_by=self.controller_id,
-        )
-        view.desired_generation = desired.generation
-        view.last_desired = desired
-        view.pending = PendingChange(desired.generation, decision.batch_size)
+        desired = self._desire(view, decision.batch_size, f"{self.policy.name}: {decision.reason}")
         view.decisions.append((time.time(), decision.batch_size, decision))
         self.counters.decisions += 1
         for listener in self.decision_listeners:
             listener(view, desired, decision)
+        self._send(view, desired)
+        return desired
+
+    def _desire(self, view: AgentView, batch_size: int | None, reason: str) -> DesiredState:
+        """The next generation of the agent's desired state, taken as this replica's latest order."""
+        desired = DesiredState(agent_id=view.agent_id, generation=view.next_generation(), batch_size=batch_size,
+                               reason=reason, issued_by=self.controller_id)
+        view.desired_generation = desired.generation
+        view.last_desired = desired
+        view.pending = PendingChange(desired.generation, batch_size) if batch_size is not None else None
+        return desired
+
+    def _send(self, view: AgentView, desired: DesiredState) -> None:
+        for listener in self.desired_listeners:
+            listener(view, desired)
         self._spawn(self._publish(self.topics.desired(view.agent_id), encode(desired), 1, True),
                     f"controller[{self.controller_id}].order[{view.agent_id}]")
+
+    # --- operator orders -----------------------------------------------------------------------
+
+    def _operable(self, agent_id: str, reason: str) -> AgentView:
+        view = self.agents.get(agent_id)
+        if view is None or view.status is None:  # an id that never announced itself gets no order (on_telemetry)
+            raise UnknownAgent(agent_id, f"no agent {agent_id!r} here" if view is None
+                               else f"{agent_id!r} never announced itself (no status): not an agent to order")
+        if not self.owns(agent_id):
+            owner = self._owner(agent_id) if self.ownership == "hrw" else None
+            if owner == self.controller_id:
+                raise NotHere(agent_id, f"{agent_id} is not held by {self.controller_id} yet (taken over on its "
+                              "next telemetry window): try again in a moment")
+            raise NotHere(agent_id, f"{agent_id} is decided by replica {owner or 'another replica'}, not "
+                          f"{self.controller_id}: give the order there")
+        if len(reason) > MAX_REASON:
+            raise BadOrder(agent_id, f"the reason is {len(reason)} characters; at most {MAX_REASON}")
+        return view
+
+    def pin(self, agent_id: str, batch_size: int, reason: str = "") -> DesiredState:
+        """An operator's order: serve ``batch_size`` and no policy decisions until ``unpin``. Published
+        retained like the policy's orders, reason ``operator: pinned at batch N: ...``. The pin lives in
+        this replica: it is dropped (the order stays) if the agent moves to another replica or this one
+        restarts. A size the agent refused lately may be pinned (the operator may know better; the agent
+        refuses again if it still cannot)."""
+        view = self._operable(agent_id, reason)
+        if not 1 <= batch_size <= 1024:
+            raise BadOrder(agent_id, f"batch size {batch_size} is out of bounds (1 to 1024)")
+        servable = view.limits(time.monotonic()).servable_batch_sizes
+        if servable is not None and batch_size not in servable:
+            raise BadOrder(agent_id, f"{agent_id} cannot serve batch {batch_size}: it serves "
+                           f"{', '.join(map(str, sorted(servable)))}")
+        text = f"{OPERATOR}: pinned at batch {batch_size}" + (f": {reason}" if reason else "")
+        desired = self._desire(view, batch_size, text)
+        self.pins[agent_id] = Pin(batch_size, reason, desired.ts, desired.generation)
+        view.decisions.append((time.time(), batch_size, Decision(batch_size, text)))
+        self.counters.operator_orders += 1
+        log.info("%s: gen %d pinned at batch %d by an operator: %s", agent_id, desired.generation, batch_size,
+                 reason or "no reason given")
+        self._send(view, desired)
+        return desired
+
+    def unpin(self, agent_id: str, reason: str = "") -> DesiredState:
+        """Hand a pinned agent back to the policy. Published as a desired state that keeps the batch size
+        (``batch_size`` None) with the reason, so the agent's retained order says who holds it now; the
+        policy decides again from the next settled window."""
+        view = self._operable(agent_id, reason)
+        if agent_id not in self.pins:
+            raise NotHere(agent_id, f"{agent_id} is not pinned on {self.controller_id}")
+        text = f"{OPERATOR}: released to the policy ({self.policy.name})" + (f": {reason}" if reason else "")
+        desired = self._desire(view, None, text)
+        del self.pins[agent_id]
+        self.counters.operator_orders += 1
+        log.info("%s: gen %d released to %s by an operator: %s", agent_id, desired.generation, self.policy.name,
+                 reason or "no reason given")
+        self._send(view, desired)
         return desired
 
     def _publish_profile(self, agent_id: str, force: bool = False) -> None:
@@ -459,6 +539,9 @@ class Controller:
             self._release(agent_id)
             del self.agents[agent_id]
             self._profiles.pop(agent_id, None)
+            self.pins.pop(agent_id, None)
+            for listener in self.expiry_listeners:
+                listener(agent_id)
         for agent_id in [a for a in self._profiles if a not in self.agents]:
             del self._profiles[agent_id]  # a retained profile of an agent that is not around
         self.counters.views_expired += len(gone)

@@ -1,6 +1,7 @@
 """The controller's HTTP side, on Starlette and uvicorn: Prometheus metrics (/metrics), the fleet as
-JSON (/api/fleet), a small auto-refreshing page (/) and /healthz; all but /healthz behind a token
-when one is given (``--http-token-file``)."""
+JSON (/api/fleet), the live fleet page with its history, stream and operator orders (/, see
+``cloud_controller.live``), a plain auto-refreshing table (/table) and /healthz; all but /healthz
+behind a token when one is given (``--http-token-file``), and without one, read-only."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_controller.controller import Controller, order_summary
+from cloud_controller.history import FleetHistory
+from cloud_controller.live import LiveFleet
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +166,11 @@ class TokenAuth:
         await response(scope, receive, send)
 
 
-def build_app(controller: Controller, token: str | None = None) -> Starlette:
+def build_app(controller: Controller, token: str | None = None, history: FleetHistory | None = None) -> Starlette:
+    """The app; ``history`` is what the live page plots (attached to the controller, or nothing is plotted).
+    Operator orders need a token: without one the app is read-only."""
     metrics = FleetMetrics(controller)
+    live = LiveFleet(controller, history or FleetHistory(), writable=token is not None)
 
     async def page(request: Request) -> Response:
         return HTMLResponse(fleet_page(controller))
@@ -181,10 +187,13 @@ def build_app(controller: Controller, token: str | None = None) -> Starlette:
         return JSONResponse({"broker_connected": connected, "replica": controller.controller_id},
                             status_code=200 if connected else 503)
 
-    routes = [Route("/", page, methods=["GET"]), Route("/api/fleet", api_fleet, methods=["GET"]),
-              Route("/metrics", prometheus, methods=["GET"]), Route("/healthz", healthz, methods=["GET"])]
+    routes = [Route("/table", page, methods=["GET"]), Route("/api/fleet", api_fleet, methods=["GET"]),
+              Route("/metrics", prometheus, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
+              *live.routes()]
     middleware = [Middleware(TokenAuth, token=token)] if token else []
-    return Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.live = live
+    return app
 
 
 class _QuietServer(uvicorn.Server):
@@ -196,15 +205,16 @@ class _QuietServer(uvicorn.Server):
 
 
 class FleetServer:
-    """The fleet page, /api/fleet, /metrics and /healthz on uvicorn. The socket is bound here, so a
+    """The fleet pages, /api/fleet, /metrics and /healthz on uvicorn. The socket is bound here, so a
     busy port is an OSError for the caller to report, not uvicorn's exit."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 8080,
-                 token: str | None = None) -> None:
+                 token: str | None = None, history: FleetHistory | None = None) -> None:
         self.controller = controller
         self.host = host
         self.port = port
-        self.app = build_app(controller, token)
+        self.history = history or FleetHistory().attach(controller)
+        self.app = build_app(controller, token, self.history)
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -218,7 +228,8 @@ class FleetServer:
             sock.close()
             raise
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=5)
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="fleet-http")
         while not self._server.started:
@@ -230,5 +241,6 @@ class FleetServer:
 
     async def close(self) -> None:
         if self._server is not None and self._task is not None:
+            self.app.state.live.close()  # the live streams end, else the server waits for them
             self._server.should_exit = True
             await self._task

@@ -59,8 +59,10 @@ async def test_metrics_fleet_json_and_page() -> None:
         fleet = json.loads(body)
         assert fleet["policy"] == "kum2022"
         assert fleet["agents"][0]["agent_id"] == "a1" and fleet["agents"][0]["decisions"][0]["batch_size"] == 4
-        status, page = await get(port, "/")
+        status, page = await get(port, "/table")  # the plain table; / is the live page (tests/test_fleet_page.py)
         assert "<td>a1</td>" in page and "grow 2 -&gt; 4" in page
+        status, page = await get(port, "/")
+        assert status.endswith("200 OK") and "new EventSource(" in page
         assert (await get(port, "/nope"))[0].endswith("404 Not Found")
         assert (await get(port, "/", "POST"))[0].endswith("405 Method Not Allowed")
         status, health = await get(port, "/healthz")
@@ -76,7 +78,7 @@ async def test_a_token_guards_everything_but_healthz() -> None:
     server = FleetServer(controller, port=0, token="s3cret")
     port = await server.start()
     try:
-        for path in ("/", "/api/fleet", "/metrics"):
+        for path in ("/", "/table", "/api/fleet", "/api/fleet/history", "/metrics"):
             status, _ = await get(port, path)
             assert status.endswith("401 Unauthorized"), path
             for wrong in ("Bearer nope", "Bearer ", "Basic " + base64.b64encode(b"admin:nope").decode(),
