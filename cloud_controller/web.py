@@ -4,18 +4,13 @@ when one is given (``--http-token-file``)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import html
 import logging
-import socket
 import time
-from collections.abc import Iterator
 
-import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -26,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_controller.controller import Controller, order_summary
+from mqtt_bus.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -187,48 +183,10 @@ def build_app(controller: Controller, token: str | None = None) -> Starlette:
     return Starlette(routes=routes, middleware=middleware)
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn inside the controller's process: the controller owns SIGINT/SIGTERM, not uvicorn."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class FleetServer:
-    """The fleet page, /api/fleet, /metrics and /healthz on uvicorn. The socket is bound here, so a
-    busy port is an OSError for the caller to report, not uvicorn's exit."""
+class FleetServer(HttpServer):
+    """The fleet page, /api/fleet, /metrics and /healthz (``mqtt_bus.http.HttpServer``)."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None) -> None:
+        super().__init__(build_app(controller, token), host, port, name="fleet-http")
         self.controller = controller
-        self.host = host
-        self.port = port
-        self.app = build_app(controller, token)
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> int:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="fleet-http")
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises what stopped it
-                raise RuntimeError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
-        return self.port
-
-    async def close(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
