@@ -11,8 +11,6 @@ import html
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -21,54 +19,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_controller.controller import Controller, order_summary
+from cloud_controller.metrics import metrics_routes
 from mqtt_bus.http import HttpServer
 
 log = logging.getLogger(__name__)
-
-
-class FleetMetrics:
-    """Gauges refreshed from the controller's view on each scrape."""
-
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.registry = CollectorRegistry()
-        r = self.registry
-        labels = ["agent"]
-        self.online = Gauge("edgebatch_agent_online", "1 if the agent is online", labels, registry=r)
-        self.batch = Gauge("edgebatch_agent_batch_size", "batch size the agent runs", labels, registry=r)
-        self.fps_in = Gauge("edgebatch_agent_fps_in", "frames accepted per second", labels, registry=r)
-        self.fps_out = Gauge("edgebatch_agent_fps_out", "frames finished per second", labels, registry=r)
-        self.e2e = Gauge("edgebatch_agent_e2e_p95_ms", "end-to-end delay p95 (ms)", labels, registry=r)
-        self.dropped = Gauge("edgebatch_agent_dropped_frames", "frames dropped since start", labels, registry=r)
-        self.missed = Gauge("edgebatch_agent_deadline_misses", "deadline misses since start", labels, registry=r)
-        self.memory = Gauge("edgebatch_agent_memory_ratio", "memory used ratio (GPU, else host)", labels, registry=r)
-        self.gpu = Gauge("edgebatch_agent_gpu_util_pct", "GPU utilisation (%)", labels, registry=r)
-        self.counters = Gauge("edgebatch_controller_messages", "messages handled by kind", ["kind"], registry=r)
-
-    def refresh(self) -> None:
-        for view in self.controller.agents.values():
-            a = view.agent_id
-            self.online.labels(a).set(1 if view.online else 0)
-            t = view.telemetry
-            if t is None:
-                continue
-            self.batch.labels(a).set(t.batch_size)
-            self.fps_in.labels(a).set(t.fps_in)
-            self.fps_out.labels(a).set(t.fps_out)
-            e2e = t.latency.get("e2e")
-            if e2e is not None:
-                self.e2e.labels(a).set(e2e.p95_ms)
-            self.dropped.labels(a).set(t.dropped)
-            self.missed.labels(a).set(t.deadline_misses)
-            self.memory.labels(a).set(t.resources.memory_used_ratio)
-            if t.resources.gpu_util_pct is not None:
-                self.gpu.labels(a).set(t.resources.gpu_util_pct)
-        for kind, value in vars(self.controller.counters).items():
-            self.counters.labels(kind).set(value)
-
-    def render(self) -> bytes:
-        self.refresh()
-        return generate_latest(self.registry)
 
 
 def fleet_json(controller: Controller) -> dict[str, object]:
@@ -160,16 +114,11 @@ class TokenAuth:
 
 
 def build_app(controller: Controller, token: str | None = None) -> Starlette:
-    metrics = FleetMetrics(controller)
-
     async def page(request: Request) -> Response:
         return HTMLResponse(fleet_page(controller))
 
     async def api_fleet(request: Request) -> Response:
         return JSONResponse(fleet_json(controller))
-
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         """200 while the controller is connected to the broker, else 503 (it reconnects by itself)."""
@@ -178,7 +127,7 @@ def build_app(controller: Controller, token: str | None = None) -> Starlette:
                             status_code=200 if connected else 503)
 
     routes = [Route("/", page, methods=["GET"]), Route("/api/fleet", api_fleet, methods=["GET"]),
-              Route("/metrics", prometheus, methods=["GET"]), Route("/healthz", healthz, methods=["GET"])]
+              *metrics_routes(controller), Route("/healthz", healthz, methods=["GET"])]
     middleware = [Middleware(TokenAuth, token=token)] if token else []
     return Starlette(routes=routes, middleware=middleware)
 
