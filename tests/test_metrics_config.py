@@ -1,5 +1,5 @@
 """compose/prometheus and compose/grafana without a Docker engine: the Prometheus config through promtool
-(Debian's ``prometheus`` package, installed by scripts/setup.sh), the dashboard's PromQL through promtool's
+(from Debian's ``prometheus`` package; scripts/setup.sh puts it in .venv/bin), the dashboard's PromQL through promtool's
 parser, and every metric the dashboard names against what a real agent and a real controller serve."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,9 @@ SELECTOR = re.compile(r"(edgebatch_\w+)\{([^}]*)\}")
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
+    path = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
     if path is None:
-        pytest.fail("promtool is not installed: run scripts/setup.sh (it installs Debian's prometheus package)")
+        pytest.fail("promtool is not installed: run scripts/setup.sh (it puts Debian's promtool in .venv/bin)")
     return path
 
 
