@@ -308,8 +308,10 @@ async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broke
     agent_env = {**os.environ, "EDGEBATCH_BROKER_URL": f"mqtts://cam1@localhost:{compose_broker.tls_port}",
                  "EDGEBATCH_BROKER_PASSWORD_FILE": str(cam1_password),
                  "EDGEBATCH_BROKER_CA_FILE": compose_broker.ca_file}
+    metrics_port = free_port()
     agent_argv = [sys.executable, "-m", "edge_agent.cli", "run", "--source", str(VIDEO), "--loop", "--fps", "5",
-                  "--agent-id", "cam1", "--no-admission", "--telemetry-interval", "0.5"]
+                  "--agent-id", "cam1", "--no-admission", "--telemetry-interval", "0.5",
+                  "--metrics", f"127.0.0.1:{metrics_port}"]
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("controller", "agent")}
     processes = [subprocess.Popen(controller_argv, stdout=logs["controller"], stderr=subprocess.STDOUT),
                  subprocess.Popen(agent_argv, env=agent_env, stdout=logs["agent"], stderr=subprocess.STDOUT)]
@@ -328,6 +330,13 @@ async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broke
                                              for a in json.loads(body)["agents"])
 
             await eventually(fleet_lists_cam1, 30, "cam1 in the controller's fleet")
+            # Prometheus finds the agent through the controller, and scrapes it
+            status, targets = http_get(http_port, "/api/prometheus-targets", token)
+            assert (status, json.loads(targets)) == (200, [{"targets": [f"127.0.0.1:{metrics_port}"],
+                                                            "labels": {"agent": "cam1"}}])
+            status, health = http_get(metrics_port, "/healthz")
+            assert status == 200 and json.loads(health)["broker_connected"] is True, health
+            assert 'edgebatch_frames_in_total{stream="s0"}' in http_get(metrics_port, "/metrics")[1]
         assert http_get(http_port, "/api/fleet")[0] == 401, "the fleet needs the token"
         assert http_get(http_port, "/metrics", "wrong")[0] == 401
         assert http_get(http_port, "/healthz")[0] == 200, "health needs no token and the broker is there"
