@@ -1,24 +1,18 @@
-"""The controller's HTTP side, on Starlette and uvicorn: Prometheus metrics (/metrics), the fleet as
-JSON (/api/fleet), the live fleet page with its history, stream and operator orders (/, see
-``cloud_controller.live``), a plain auto-refreshing table (/table) and /healthz; all but /healthz
-behind a token when one is given (``--http-token-file``), and without one, read-only."""
+"""The controller's HTTP side, on Starlette and uvicorn: Prometheus metrics (/metrics, see
+``cloud_controller.metrics``), the fleet as JSON (/api/fleet), the live fleet page with its history,
+stream and operator orders (/, see ``cloud_controller.live``), a plain auto-refreshing table (/table)
+and /healthz; all but /healthz behind a token when one is given (``--http-token-file``), and without
+one, read-only."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import html
 import logging
-import socket
 import time
-from collections.abc import Iterator
 
-import uvicorn
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,53 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cloud_controller.controller import Controller, order_summary
 from cloud_controller.history import FleetHistory
 from cloud_controller.live import LiveFleet
+from cloud_controller.metrics import metrics_routes
+from mqtt_bus.http import HttpServer
 
 log = logging.getLogger(__name__)
-
-
-class FleetMetrics:
-    """Gauges refreshed from the controller's view on each scrape."""
-
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.registry = CollectorRegistry()
-        r = self.registry
-        labels = ["agent"]
-        self.online = Gauge("edgebatch_agent_online", "1 if the agent is online", labels, registry=r)
-        self.batch = Gauge("edgebatch_agent_batch_size", "batch size the agent runs", labels, registry=r)
-        self.fps_in = Gauge("edgebatch_agent_fps_in", "frames accepted per second", labels, registry=r)
-        self.fps_out = Gauge("edgebatch_agent_fps_out", "frames finished per second", labels, registry=r)
-        self.e2e = Gauge("edgebatch_agent_e2e_p95_ms", "end-to-end delay p95 (ms)", labels, registry=r)
-        self.dropped = Gauge("edgebatch_agent_dropped_frames", "frames dropped since start", labels, registry=r)
-        self.missed = Gauge("edgebatch_agent_deadline_misses", "deadline misses since start", labels, registry=r)
-        self.memory = Gauge("edgebatch_agent_memory_ratio", "memory used ratio (GPU, else host)", labels, registry=r)
-        self.gpu = Gauge("edgebatch_agent_gpu_util_pct", "GPU utilisation (%)", labels, registry=r)
-        self.counters = Gauge("edgebatch_controller_messages", "messages handled by kind", ["kind"], registry=r)
-
-    def refresh(self) -> None:
-        for view in self.controller.agents.values():
-            a = view.agent_id
-            self.online.labels(a).set(1 if view.online else 0)
-            t = view.telemetry
-            if t is None:
-                continue
-            self.batch.labels(a).set(t.batch_size)
-            self.fps_in.labels(a).set(t.fps_in)
-            self.fps_out.labels(a).set(t.fps_out)
-            e2e = t.latency.get("e2e")
-            if e2e is not None:
-                self.e2e.labels(a).set(e2e.p95_ms)
-            self.dropped.labels(a).set(t.dropped)
-            self.missed.labels(a).set(t.deadline_misses)
-            self.memory.labels(a).set(t.resources.memory_used_ratio)
-            if t.resources.gpu_util_pct is not None:
-                self.gpu.labels(a).set(t.resources.gpu_util_pct)
-        for kind, value in vars(self.controller.counters).items():
-            self.counters.labels(kind).set(value)
-
-    def render(self) -> bytes:
-        self.refresh()
-        return generate_latest(self.registry)
 
 
 def fleet_json(controller: Controller) -> dict[str, object]:
@@ -169,7 +120,6 @@ class TokenAuth:
 def build_app(controller: Controller, token: str | None = None, history: FleetHistory | None = None) -> Starlette:
     """The app; ``history`` is what the live page plots (attached to the controller, or nothing is plotted).
     Operator orders need a token: without one the app is read-only."""
-    metrics = FleetMetrics(controller)
     live = LiveFleet(controller, history or FleetHistory(), writable=token is not None)
 
     async def page(request: Request) -> Response:
@@ -178,9 +128,6 @@ def build_app(controller: Controller, token: str | None = None, history: FleetHi
     async def api_fleet(request: Request) -> Response:
         return JSONResponse(fleet_json(controller))
 
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
     async def healthz(request: Request) -> Response:
         """200 while the controller is connected to the broker, else 503 (it reconnects by itself)."""
         connected = controller.bus.connected.is_set()
@@ -188,59 +135,25 @@ def build_app(controller: Controller, token: str | None = None, history: FleetHi
                             status_code=200 if connected else 503)
 
     routes = [Route("/table", page, methods=["GET"]), Route("/api/fleet", api_fleet, methods=["GET"]),
-              Route("/metrics", prometheus, methods=["GET"]), Route("/healthz", healthz, methods=["GET"]),
-              *live.routes()]
+              *metrics_routes(controller), Route("/healthz", healthz, methods=["GET"]), *live.routes()]
     middleware = [Middleware(TokenAuth, token=token)] if token else []
     app = Starlette(routes=routes, middleware=middleware)
     app.state.live = live
     return app
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn inside the controller's process: the controller owns SIGINT/SIGTERM, not uvicorn."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class FleetServer:
-    """The fleet pages, /api/fleet, /metrics and /healthz on uvicorn. The socket is bound here, so a
-    busy port is an OSError for the caller to report, not uvicorn's exit."""
+class FleetServer(HttpServer):
+    """The live fleet page (/), the table (/table), /api/fleet, /metrics and /healthz
+    (``mqtt_bus.http.HttpServer``)."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, history: FleetHistory | None = None) -> None:
-        self.controller = controller
-        self.host = host
-        self.port = port
         self.history = history or FleetHistory().attach(controller)
-        self.app = build_app(controller, token, self.history)
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> int:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=5)
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="fleet-http")
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises what stopped it
-                raise RuntimeError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
-        return self.port
+        app = build_app(controller, token, self.history)
+        super().__init__(app, host, port, name="fleet-http")
+        self.controller = controller
+        self.live: LiveFleet = app.state.live
 
     async def close(self) -> None:
-        if self._server is not None and self._task is not None:
-            self.app.state.live.close()  # the live streams end, else the server waits for them
-            self._server.should_exit = True
-            await self._task
+        self.live.close()  # the live streams end, else the server waits for them
+        await super().close()

@@ -3,10 +3,13 @@
 #   mosquitto/passwd               hashes for controller, registry, health and every agent (broker, uid 1883)
 #   secrets/mosquitto_sub          the broker health check's own login, as mosquitto_sub options (uid 1883)
 #   secrets/controller_mqtt_password, secrets/http_token   the controller's secrets (uid 10001)
+#   secrets/prometheus_http_token  the same HTTP token, for Prometheus's scrapes (uid 65534, the image's nobody)
+#   secrets/grafana_admin_password Grafana's admin password (uid 472, the image's grafana)
 # Every file is mode 0600 and owned by the uid of the container that reads it (see owner.sh for why).
 # The "health" user's password is random and made anew each run. Passwords reach mosquitto_passwd as
 # arguments (-b) for the moment it runs; run this on a host where other users cannot list processes.
-# MOSQUITTO_DIR, SECRETS_DIR, BROKER_UID/GID and CONTROLLER_UID/GID override the defaults (the tests use them).
+# MOSQUITTO_DIR, SECRETS_DIR, BROKER_UID/GID, CONTROLLER_UID/GID, PROMETHEUS_UID/GID and GRAFANA_UID/GID
+# override the defaults (the tests use them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/owner.sh"
@@ -17,6 +20,8 @@ mosq=${MOSQUITTO_DIR:-mosquitto}
 secrets=${SECRETS_DIR:-secrets}
 broker_uid=${BROKER_UID:-1883} broker_gid=${BROKER_GID:-1883}
 controller_uid=${CONTROLLER_UID:-10001} controller_gid=${CONTROLLER_GID:-10001}
+prometheus_uid=${PROMETHEUS_UID:-65534} prometheus_gid=${PROMETHEUS_GID:-65534}
+grafana_uid=${GRAFANA_UID:-472} grafana_gid=${GRAFANA_GID:-0}
 [ -f "$env_file" ] || { echo "copy .env.example to .env and set the passwords first" >&2; exit 2; }
 
 setting() {  # the value of KEY in .env; fails if it is missing or still the example's
@@ -57,9 +62,14 @@ fi
 
 printf -- '-u health\n-P %s\n' "$health_password" > "$work/mosquitto_sub"
 printf '%s\n' "$controller_password" > "$work/controller_mqtt_password"
-printf '%s\n' "$(setting HTTP_TOKEN)" > "$work/http_token"
+http_token=$(setting HTTP_TOKEN)
+printf '%s\n' "$http_token" > "$work/http_token"
+printf '%s\n' "$http_token" > "$work/prometheus_http_token"
+printf '%s\n' "$(setting GRAFANA_ADMIN_PASSWORD)" > "$work/grafana_admin_password"
 install_for "$broker_uid" "$broker_gid" "$work/passwd" "$mosq/passwd"
 install_for "$broker_uid" "$broker_gid" "$work/mosquitto_sub" "$secrets/mosquitto_sub"
 install_for "$controller_uid" "$controller_gid" "$work/controller_mqtt_password" "$secrets/controller_mqtt_password"
 install_for "$controller_uid" "$controller_gid" "$work/http_token" "$secrets/http_token"
-echo "wrote $mosq/passwd and $secrets/{mosquitto_sub,controller_mqtt_password,http_token}"
+install_for "$prometheus_uid" "$prometheus_gid" "$work/prometheus_http_token" "$secrets/prometheus_http_token"
+install_for "$grafana_uid" "$grafana_gid" "$work/grafana_admin_password" "$secrets/grafana_admin_password"
+echo "wrote $mosq/passwd and $secrets/{mosquitto_sub,controller_mqtt_password,http_token,prometheus_http_token,grafana_admin_password}"

@@ -81,6 +81,7 @@ class Agent:
         self.on_window = on_window
         self.swap_handler = swap_handler
         self.counters = AgentCounters()
+        self.metrics_address: str | None = None  # announced in the status: where Prometheus scrapes /metrics
         # The sole owner of serving state: orders go through it, nothing else switches the pipeline.
         self.reconciler = Reconciler(pipeline, probe, self, loader=swap_handler,
                                      on_streams=self._start_streams if roster is not None else None)
@@ -141,6 +142,7 @@ class Agent:
                                  backend=serving.engine.backend, servable_batch_sizes=self.reconciler.servable),
             applied_generation=self.applied_generation,
             last_order=self.reconciler.last_order,
+            metrics_address=self.metrics_address,
         )
 
     async def write(self, frames: Sequence[Frame]) -> None:

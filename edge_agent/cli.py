@@ -47,7 +47,9 @@ from mqtt_bus.layered_config import ConfigError, Layered, load_layered
 from schemas import ArtifactInfo
 
 if TYPE_CHECKING:
+    from edge_agent.probes import ResourceProbe
     from edge_agent.swap import EngineSwapper
+    from edge_agent.web import MetricsServer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEFAULT_LABELS = SAMPLES / "models" / "coco.names"
@@ -63,6 +65,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
+
+
+def host_port(text: str) -> str:
+    from mqtt_bus.http import parse_address
+    from schemas import AgentStatus
+
+    try:
+        parse_address(text)
+        AgentStatus(agent_id="x", state="online", metrics_address=text)  # what the status may carry
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be HOST:PORT (a name, an IPv4 or [IPv6] address)") from None
+    return text
 
 
 def load_labels_for(model: Path, labels: Path | None) -> list[str]:
@@ -133,6 +147,12 @@ def add_run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--model-name", default=S, help="model to serve from the registry")
     run.add_argument("--model-version", default=S, help="version to serve from the registry (default latest)")
     run.add_argument("--cache-dir", type=Path, default=S, help=f"artifact cache (default {DEFAULT_CACHE})")
+    run.add_argument("--metrics", type=host_port, default=S, metavar="HOST:PORT",
+                     help="serve /metrics (Prometheus) and /healthz here, e.g. 0.0.0.0:9108 (default: off); with "
+                     "--broker the address is announced in the status, for the controller's Prometheus discovery")
+    run.add_argument("--metrics-advertise", type=host_port, default=S, metavar="HOST:PORT",
+                     help="address announced for Prometheus to scrape (default: --metrics, with 0.0.0.0 replaced "
+                     "by this host's name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +261,7 @@ async def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
     pipeline.detection_filters.update(pipeline_filters)
+    metrics = await start_metrics(args.metrics, pipeline, probe)
     roster = await start_roster(args, pipeline, engine, decoder, probe.name != "host",
                                 adapt_batch_size=args.batch_size is None and not args.broker)
     loop = asyncio.get_running_loop()
@@ -266,6 +287,9 @@ async def run_command(args: argparse.Namespace) -> int:
         agent = Agent(pipeline, probe, settings, on_window=lambda w: line.update(
             status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
                         pipeline.queue_depths())), swap_handler=swapper, roster=roster)
+        if metrics is not None:
+            metrics.metrics.agent = agent
+            agent.metrics_address = metrics.advertised(args.metrics_advertise)
         summary = await agent.run()
     else:
         async def show() -> None:
@@ -283,6 +307,8 @@ async def run_command(args: argparse.Namespace) -> int:
         finally:
             shower.cancel()
             admission.cancel()
+    if metrics is not None:
+        await metrics.close()
     line.finish()
     summary = summary.model_copy(update={"per_stream": roster.states()})
     print_summary(summary)
@@ -292,6 +318,24 @@ async def run_command(args: argparse.Namespace) -> int:
         except OSError as exc:  # checked at start, but the disk may have filled or the folder gone since
             raise EdgeAgentError(f"--summary {args.summary}: {exc.strerror or exc}") from exc
     return 0
+
+
+async def start_metrics(address: str | None, pipeline: Pipeline, probe: ResourceProbe) -> MetricsServer | None:
+    """/metrics and /healthz on ``--metrics HOST:PORT`` (None: off)."""
+    if address is None:
+        return None
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.web import MetricsServer
+    from mqtt_bus.http import parse_address
+
+    host, port = parse_address(address)
+    server = MetricsServer(AgentMetrics(pipeline, probe), host, port)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise EdgeAgentError(f"--metrics {address}: {exc.strerror or exc}") from exc
+    print(f"metrics on http://{address.rpartition(':')[0] or host}:{server.port}/metrics", file=sys.stderr, flush=True)
+    return server
 
 
 async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: InferenceEngine,

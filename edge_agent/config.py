@@ -98,6 +98,20 @@ class OutputsSection(Section):
     summary: Path | None = Field(default=None, description="the end-of-run figures as JSON")
 
 
+class MetricsSection(Section):
+    address: str | None = Field(default=None, description="HOST:PORT to serve /metrics and /healthz (default: off)")
+    advertise: str | None = Field(default=None, description="HOST:PORT announced for Prometheus to scrape")
+
+    @field_validator("address", "advertise")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            from mqtt_bus.http import parse_address
+
+            parse_address(value)  # ValueError: not HOST:PORT
+        return value
+
+
 class CameraConfig(Section):
     url: str = Field(min_length=1, max_length=2000, description="video file, camera index or rtsp/http URL")
     fps: float | None = Field(default=None, gt=0, le=1000, description="frame-rate cap (default: pipeline.fps)")
@@ -117,6 +131,7 @@ class AgentConfig(Section):
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     admission: AdmissionSection = Field(default_factory=AdmissionSection)
     outputs: OutputsSection = Field(default_factory=OutputsSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     cameras: dict[CameraName, CameraConfig] = Field(
         default_factory=lambda: {"s0": CameraConfig(url=str(DEFAULT_VIDEO))}, max_length=1024,
         description="streams by name (default: the sample video)")
@@ -156,6 +171,8 @@ ENV_NAMES: dict[str, str] = {
     "EDGEBATCH_MODEL_NAME": "model.name",
     "EDGEBATCH_MODEL_VERSION": "model.version",
     "EDGEBATCH_BACKEND": "model.backend",
+    "EDGEBATCH_METRICS": "metrics.address",
+    "EDGEBATCH_METRICS_ADVERTISE": "metrics.advertise",
 }
 
 # argparse destination -> (key of the tree, the flag as a user types it)
@@ -190,6 +207,8 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "detections": ("outputs.detections", "--detections"),
     "annotated": ("outputs.annotated", "--annotated"),
     "summary": ("outputs.summary", "--summary"),
+    "metrics": ("metrics.address", "--metrics"),
+    "metrics_advertise": ("metrics.advertise", "--metrics-advertise"),
 }
 
 

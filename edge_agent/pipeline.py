@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SourceError, SwapError
@@ -158,12 +158,23 @@ class Pipeline:
         self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
         self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
         self.started = asyncio.Event()
+        self._finished = False
 
     # --- control ------------------------------------------------------------------------
 
     @property
     def batch_size(self) -> int:
         return self.serving.batch_size
+
+    @property
+    def state(self) -> Literal["starting", "running", "draining", "stopped"]:
+        """starting (sources opening), running, draining (stopped or sources ended: finishing what it
+        accepted) or stopped (``run`` returned)."""
+        if self._finished:
+            return "stopped"
+        if not self.started.is_set():
+            return "starting"
+        return "draining" if self._stopping.is_set() or self._sources_ended else "running"
 
     @staticmethod
     def _check_batch_size(engine: InferenceEngine, batch_size: int) -> None:
@@ -517,6 +528,7 @@ class Pipeline:
                 await asyncio.to_thread(s.close)  # waits out a read still running on its thread
             for pool in (self._pre_pool, self._infer_pool, self._post_pool):
                 pool.shutdown(wait=False)
+            self._finished = True
         return self.summary(time.monotonic() - t0)
 
     def summary(self, duration_s: float) -> RunSummary:

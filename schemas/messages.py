@@ -7,9 +7,17 @@ Units are in the field names (``_ms``, ``_bytes``, ``_pct``); every payload carr
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -120,6 +128,17 @@ class AgentStatus(WireModel):
     applied_generation: int = Field(default=0, ge=0, le=MAX_INT, description="last desired-state generation applied")
     last_order: OrderOutcome | None = Field(default=None, description="outcome of the last desired-state "
                                             "generation decided (applied, refused or superseded)")
+    metrics_address: str | None = Field(
+        default=None, max_length=300, pattern=r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}$",
+        description="HOST:PORT where Prometheus scrapes this agent's /metrics (edge-agent run --metrics); None = "
+        "not served. Left out of the JSON when None, so a controller that predates it reads the status")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_metrics_address(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("metrics_address", "") is None:
+            del data["metrics_address"]
+        return data
 
 
 # --- streams and admission control ---------------------------------------------------------

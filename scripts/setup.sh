@@ -41,3 +41,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import edge_agent, aiomqtt, onnxruntime, cv2, gridfs"
   touch "$stamp"
 fi
+
+# promtool, from Debian's prometheus package unpacked into .venv/bin (not installed: no service, nothing
+# else from it): tests/test_metrics_config.py checks compose/prometheus/prometheus.yml and the dashboard's
+# queries with it (a Go binary that needs only libc).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/bin/promtool ]; then
+  echo "setup: fetching promtool (Debian's prometheus package) ..." >&2
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  install -m 755 "$tmp/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$tmp"
+fi

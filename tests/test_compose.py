@@ -181,13 +181,15 @@ def test_compose_file_follows_the_compose_specification() -> None:
 
 def test_images_are_pinned_and_every_service_has_a_health_check() -> None:
     services = compose_file()["services"]
-    assert set(services) == {"mosquitto", "mongo", "controller"}
+    assert set(services) == {"mosquitto", "mongo", "controller", "prometheus", "grafana"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
         if "image" in service:
-            assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", service["image"]), f"{name}: {service['image']} not exact"
+            assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", service["image"]), f"{name}: {service['image']} not exact"
     assert re.match(r"mongosh --quiet --eval", " ".join(services["mongo"]["healthcheck"]["test"][1:]))
     assert "/healthz" in " ".join(services["controller"]["healthcheck"]["test"])
+    assert "/-/ready" in " ".join(services["prometheus"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
     dockerfile = (ROOT / services["controller"]["build"]["dockerfile"]).read_text()
     assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim-\w+$", dockerfile, re.M), "controller base image not pinned"
 
@@ -200,10 +202,22 @@ def test_only_the_tls_port_of_the_broker_and_no_open_fleet_page_are_published() 
     assert fleet.startswith("${HTTP_BIND:-127.0.0.1}:"), "the fleet page is published beyond this host by default"
     command = services["controller"]["command"]
     assert command[command.index("--http-token-file") + 1] == "/run/secrets/http_token"
+    (grafana,) = services["grafana"]["ports"]
+    assert grafana.startswith("${HTTP_BIND:-127.0.0.1}:"), "Grafana is published beyond this host by default"
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"], "Prometheus has no login"
 
 
 def test_no_secret_on_a_command_line() -> None:
-    for name, service in compose_file()["services"].items():
+    services = compose_file()["services"]
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert not any(re.search(r"PASSWORD|TOKEN|SECRET", k) and not k.endswith("__FILE") for k in environment)
+    prometheus = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
+    for job in prometheus["scrape_configs"]:
+        sd_auth = [sd.get("authorization", {}) for sd in job.get("http_sd_configs", [])]
+        for auth in [job.get("authorization", {}), *sd_auth]:
+            assert "credentials" not in auth, f"{job['job_name']}: a token in prometheus.yml"
+    for name, service in services.items():
         for part in [*service.get("command", []), *service.get("healthcheck", {}).get("test", [])]:
             assert not re.search(r"\$\{?\w*(PASSWORD|TOKEN|SECRET)", part), f"{name}: {part!r} puts a secret in argv"
             assert "@mosquitto" not in part or ":" not in part.split("@")[0].split("//")[-1], \
@@ -219,8 +233,8 @@ def test_every_file_compose_mounts_is_in_the_repository_or_made_by_the_scripts(t
         (work / ".env.example").read_text().splitlines()) if "=" in line and not line.startswith("#")) + "\n")
     shutil.copy(work / "agents.example.txt", work / "agents.txt")
     (work / "agents.txt").write_text((work / "agents.txt").read_text().replace("change-me", "pw"))
-    ids = {"BROKER_UID": str(os.getuid()), "BROKER_GID": str(os.getgid()), "CONTROLLER_UID": str(os.getuid()),
-           "CONTROLLER_GID": str(os.getgid())}
+    ids = {f"{who}_{kind}ID": str(os.getuid() if kind == "U" else os.getgid())
+           for who in ("BROKER", "CONTROLLER", "PROMETHEUS", "GRAFANA") for kind in ("U", "G")}
     env = {**os.environ, **ids}
     subprocess.run(["bash", str(work / "make-certs.sh"), "broker.example"], env=env, check=True, capture_output=True)
     subprocess.run(["bash", str(work / "make-passwords.sh")], env=env, check=True, capture_output=True)
@@ -294,8 +308,10 @@ async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broke
     agent_env = {**os.environ, "EDGEBATCH_BROKER_URL": f"mqtts://cam1@localhost:{compose_broker.tls_port}",
                  "EDGEBATCH_BROKER_PASSWORD_FILE": str(cam1_password),
                  "EDGEBATCH_BROKER_CA_FILE": compose_broker.ca_file}
+    metrics_port = free_port()
     agent_argv = [sys.executable, "-m", "edge_agent.cli", "run", "--source", str(VIDEO), "--loop", "--fps", "5",
-                  "--agent-id", "cam1", "--no-admission", "--telemetry-interval", "0.5"]
+                  "--agent-id", "cam1", "--no-admission", "--telemetry-interval", "0.5",
+                  "--metrics", f"127.0.0.1:{metrics_port}"]
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("controller", "agent")}
     processes = [subprocess.Popen(controller_argv, stdout=logs["controller"], stderr=subprocess.STDOUT),
                  subprocess.Popen(agent_argv, env=agent_env, stdout=logs["agent"], stderr=subprocess.STDOUT)]
@@ -314,6 +330,13 @@ async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broke
                                              for a in json.loads(body)["agents"])
 
             await eventually(fleet_lists_cam1, 30, "cam1 in the controller's fleet")
+            # Prometheus finds the agent through the controller, and scrapes it
+            status, targets = http_get(http_port, "/api/prometheus-targets", token)
+            assert (status, json.loads(targets)) == (200, [{"targets": [f"127.0.0.1:{metrics_port}"],
+                                                            "labels": {"agent": "cam1"}}])
+            status, health = http_get(metrics_port, "/healthz")
+            assert status == 200 and json.loads(health)["broker_connected"] is True, health
+            assert 'edgebatch_frames_in_total{stream="s0"}' in http_get(metrics_port, "/metrics")[1]
         assert http_get(http_port, "/api/fleet")[0] == 401, "the fleet needs the token"
         assert http_get(http_port, "/metrics", "wrong")[0] == 401
         assert http_get(http_port, "/healthz")[0] == 200, "health needs no token and the broker is there"

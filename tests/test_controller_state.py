@@ -4,8 +4,9 @@ bounded per-agent state, and telemetry without every latency key."""
 from __future__ import annotations
 
 from cloud_controller.controller import Controller
+from cloud_controller.metrics import FleetMetrics
 from cloud_controller.policies import DeadlinePolicy
-from cloud_controller.web import FleetMetrics, fleet_json, fleet_page
+from cloud_controller.web import fleet_json, fleet_page
 from mqtt_bus import BrokerSettings, IncomingMessage
 from schemas import AgentStatus, ControllerAlive, DesiredState, PolicyState, Topics, encode
 from tests.test_kum2022 import telemetry

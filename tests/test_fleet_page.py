@@ -212,7 +212,7 @@ class EventReader:
 async def test_the_stream_sends_a_snapshot_then_what_is_new_and_ends_with_the_client() -> None:
     c, history, cam1 = await backfilled_fleet(30)
     async with serving(c, history) as server:
-        live = server.app.state.live
+        live = server.live
         events, head = await EventReader.open(server.port)
         assert head.startswith("HTTP/1.1 200") and "text/event-stream" in head
         kind, snapshot = await events.next()
@@ -263,7 +263,7 @@ async def test_the_stream_sends_a_snapshot_then_what_is_new_and_ends_with_the_cl
 async def test_streams_are_bounded() -> None:
     c = controller()
     async with serving(c) as server:
-        server.app.state.live.max_streams = 2
+        server.live.max_streams = 2
         first, _ = await EventReader.open(server.port)
         second, _ = await EventReader.open(server.port)
         status_line, body = await get(server.port, "/api/fleet/stream")

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_controller.controller import Controller
+from cloud_controller.metrics import FleetMetrics
 from cloud_controller.policies import make_policy
-from cloud_controller.web import FleetMetrics
 from edge_agent.agent import Agent
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe

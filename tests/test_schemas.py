@@ -65,3 +65,15 @@ def test_every_wire_field_is_described() -> None:
             undocumented = [f for f, info in cls.model_fields.items() if not info.description]
             assert not undocumented, f"{name}: {undocumented} have no description"
             assert cls.model_config.get("extra") == "forbid", name
+
+
+def test_metrics_address_is_optional_bounded_and_left_out_when_unset() -> None:
+    """A status without it is byte-for-byte what a controller that predates the field reads."""
+    plain = encode(AgentStatus(agent_id="a1", state="online"))
+    assert b"metrics_address" not in plain
+    for address in ("cam-box-1.local:9108", "10.0.0.7:9108", "[fd00::7]:9108"):
+        status = AgentStatus(agent_id="a1", state="online", metrics_address=address)
+        assert decode(AgentStatus, encode(status)) == status
+    for bad in ("http://x:9108/metrics", "x", "x:", "a b:1", "x:123456", "h" * 300 + ":1"):
+        with pytest.raises(PayloadError):
+            decode(AgentStatus, b'{"agent_id": "a1", "state": "online", "metrics_address": "%s"}' % bad.encode())

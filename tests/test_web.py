@@ -54,7 +54,8 @@ async def test_metrics_fleet_json_and_page() -> None:
         assert status.endswith("200 OK")
         assert 'edgebatch_agent_batch_size{agent="a1"} 2.0' in metrics
         assert 'edgebatch_agent_online{agent="a1"} 1.0' in metrics
-        assert 'edgebatch_controller_messages{kind="telemetry"} 1.0' in metrics
+        assert "edgebatch_controller_telemetry_total 1.0" in metrics
+        assert "edgebatch_controller_decisions_total 1.0" in metrics
         status, body = await get(port, "/api/fleet")
         fleet = json.loads(body)
         assert fleet["policy"] == "kum2022"
@@ -78,7 +79,7 @@ async def test_a_token_guards_everything_but_healthz() -> None:
     server = FleetServer(controller, port=0, token="s3cret")
     port = await server.start()
     try:
-        for path in ("/", "/table", "/api/fleet", "/api/fleet/history", "/metrics"):
+        for path in ("/", "/table", "/api/fleet", "/api/fleet/history", "/metrics", "/api/prometheus-targets"):
             status, _ = await get(port, path)
             assert status.endswith("401 Unauthorized"), path
             for wrong in ("Bearer nope", "Bearer ", "Basic " + base64.b64encode(b"admin:nope").decode(),
