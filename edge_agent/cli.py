@@ -19,7 +19,7 @@ from edge_agent.nanodet import NanoDetDecoder, load_labels
 from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
-from edge_agent.sources import open_sources
+from edge_agent.sources import open_sources, parse_source_arg
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,
@@ -64,9 +64,10 @@ def load_labels_for(model: Path, labels: Path | None) -> list[str]:
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", action="append", dest="sources", metavar="PATH_OR_URL",
-                   help="video file, camera index or rtsp/http URL; repeat for several streams "
-                   "(default: the sample video)")
+    p.add_argument("--source", action="append", dest="sources", metavar="[NAME=]PATH_OR_URL", type=parse_source_arg,
+                   help="video file, camera index or rtsp/http URL, optionally named (cam1=rtsp://...; default "
+                   "name s<position>); repeat for several streams (default: the sample video). A camera or URL "
+                   "that is down is retried with backoff while the others run")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: sample NanoDet-m)")
     p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
                    help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
@@ -202,7 +203,7 @@ async def run_command(args: argparse.Namespace) -> int:
     else:
         engine = await asyncio.to_thread(load_engine, args.model, args.backend)
     batch_size = args.batch_size or 4
-    sources = await open_sources([str(s) for s in (args.sources or [DEFAULT_VIDEO])], args.fps, args.loop)
+    sources = await open_sources(args.sources or [str(DEFAULT_VIDEO)], args.fps, args.loop)
     sinks: list[FrameSink] = []
     if args.detections:
         sinks.append(JsonLinesSink(args.detections))
@@ -274,7 +275,8 @@ async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: Inf
     if not 0 < args.headroom <= 1:
         raise EdgeAgentError(f"--headroom must be in (0, 1], got {args.headroom}")
     sizes = admission_sizes(engine, args.admission_batch_sizes)
-    first = pipeline.sources[0].uri if pipeline.sources else str(DEFAULT_VIDEO)
+    # A file or camera already open; the sample video when every stream is a camera not connected yet.
+    first = next((s.uri for s in pipeline.sources if s.info is not None), str(DEFAULT_VIDEO))
     profile = await load_device_profile(engine, decoder, first, sizes, args.profile, overlap,
                                         progress=lambda m: print(m, file=sys.stderr, flush=True))
     settings = AdmissionSettings(enabled=args.admission, headroom=args.headroom,
