@@ -276,3 +276,20 @@ async def test_the_agent_starts_with_every_camera_dead_says_so_in_one_line_each_
     states: dict[str, StreamState] = {s.stream_id: s for s in summary.per_stream}
     assert set(states) == {"front", "back"} and summary.frames_in == 0
     assert all(s.connection in ("failed", "connecting") and s.reconnects >= 1 for s in states.values()), states
+
+
+async def test_an_rtsp_server_that_accepts_and_never_answers_fails_the_open_within_its_timeout() -> None:
+    """OpenCV's own open timeout is 30 s; the source's (here 1 s) must be the one honoured, or one silent
+    camera holds an open thread for half a minute per attempt."""
+    import socket
+
+    from edge_agent.errors import SourceError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        source = VideoSource(f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam", "mute")
+        source.open_timeout_ms = 1000
+        with pytest.raises(SourceError, match="cannot connect"):
+            await asyncio.wait_for(asyncio.to_thread(source.open), 15)
+    source.close()
