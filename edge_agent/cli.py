@@ -95,8 +95,9 @@ def add_run_args(run: argparse.ArgumentParser) -> None:
                      "the environment overrides it, flags override both; `edge-agent config --print` shows the "
                      "result")
     run.add_argument("--source", action="append", dest="sources", metavar="[NAME=]URL", default=S,
-                     help="video file, camera index or rtsp/http URL, optionally named; repeat for several streams "
-                     "(replaces the file's cameras; default: the sample video)")
+                     help="video file, camera index or rtsp/http URL, optionally named (cam1=rtsp://...; default "
+                     "name s<position>); repeat for several streams (replaces the file's cameras; default: the "
+                     "sample video). A camera or URL that is down is retried with backoff while the others run")
     run.add_argument("--model", type=Path, default=S, help="ONNX model (default: sample NanoDet-m)")
     run.add_argument("--backend", default=S, choices=sorted(BACKENDS),
                      help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
@@ -344,7 +345,8 @@ async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: Inf
     if not 0 < args.headroom <= 1:
         raise EdgeAgentError(f"--headroom must be in (0, 1], got {args.headroom}")
     sizes = admission_sizes(engine, args.admission_batch_sizes)
-    first = pipeline.sources[0].uri if pipeline.sources else str(DEFAULT_VIDEO)
+    # A file or camera already open; the sample video when every stream is a camera not connected yet.
+    first = next((s.uri for s in pipeline.sources if s.info is not None), str(DEFAULT_VIDEO))
     profile = await load_device_profile(engine, decoder, first, sizes, args.profile, overlap,
                                         progress=lambda m: print(m, file=sys.stderr, flush=True))
     # Offline runs pace themselves by back-pressure and have no real-time deadline to protect: every stream

@@ -213,12 +213,14 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
 
 
 def source_cameras(sources: list[str]) -> dict[str, dict[str, Any]]:
-    """``--source`` flags as cameras: ``NAME=URL`` names the stream, a plain URL is ``s0, s1, ...``."""
+    """``--source`` flags as cameras: ``NAME=URL`` names the stream (NAME a valid stream id, so a URL with
+    ``=`` in its query passes whole), a plain URL is ``s<position>``."""
+    from edge_agent.sources import parse_source_arg
+
     cameras: dict[str, dict[str, Any]] = {}
     for i, text in enumerate(sources):
-        name, sep, url = text.partition("=")
-        if not sep or "://" in name or not name or os.sep in name:  # a URL or path, not NAME=
-            name, url = f"s{i}", text
+        name, url = parse_source_arg(text)
+        name = name or f"s{i}"
         if name in cameras:
             raise ValueError(f"--source {text}: stream name {name!r} given twice")
         cameras[name] = {"url": url}

@@ -65,11 +65,13 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     console.print(table)
     if summary.per_stream:
         streams = Table(title="streams (admission control)")
-        for col in ("stream", "state", "fps", "deadline ms", "in", "out", "dropped", "missed", "why"):
-            streams.add_column(col, justify="left" if col in ("stream", "state", "why") else "right")
+        for col in ("stream", "state", "link", "fps", "deadline ms", "in", "out", "dropped", "missed", "why"):
+            streams.add_column(col, justify="left" if col in ("stream", "state", "link", "why") else "right")
         for st in summary.per_stream:
-            streams.add_row(st.stream_id, st.state, f"{st.fps:g}", f"{st.deadline_ms:g}", str(st.frames_in),
-                            str(st.frames_out), str(st.dropped), str(st.deadline_misses), st.reason)
+            link = (st.connection or "") + (f", {st.reconnects} reconnects" if st.reconnects else "")
+            why = st.reason + (f"; last error: {st.last_error}" if st.last_error else "")
+            streams.add_row(st.stream_id, st.state, link, f"{st.fps:g}", f"{st.deadline_ms:g}", str(st.frames_in),
+                            str(st.frames_out), str(st.dropped), str(st.deadline_misses), why)
         console.print(streams)
 
 

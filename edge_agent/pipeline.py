@@ -19,7 +19,7 @@ from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SourceError, SwapError
 from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
-from edge_agent.sources import VideoSource, monotonic_to_wall
+from edge_agent.sources import Backoff, SourceHealth, VideoSource, monotonic_to_wall, one_line, redact
 from edge_agent.stats import PipelineStats
 from schemas import Detection, RunSummary
 
@@ -64,6 +64,7 @@ class PipelineConfig:
     ready_capacity: int = 8
     batch_queue_capacity: int = 1  # one batch ready ahead of inference is enough to overlap; more delays a switch
     keep_open: bool = False  # keep running with no source left (streams may be added later); else end with them
+    reconnect: Backoff = field(default_factory=Backoff)  # live sources that fail to open or drop are reopened
 
 
 @dataclass
@@ -81,11 +82,15 @@ class ServingConfig:
 
 @dataclass
 class _Reader:
-    """One source being read: its task and the event that stops it at the next frame boundary."""
+    """One source being read (and, a live one, reconnected): its task and the event that stops it at the next
+    frame boundary or backoff wait."""
 
     source: VideoSource
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+
+_ReadOutcome = Literal["stopped", "ended", "dropped"]
 
 
 @dataclass
@@ -155,6 +160,9 @@ class Pipeline:
         self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix="pre")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
+        # Opens of live sources: their own threads, so dead cameras (each open blocking up to its timeout)
+        # never hold the threads the live streams are read on.
+        self._open_pool = ThreadPoolExecutor(4, thread_name_prefix="open")
         self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
         self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
         self.started = asyncio.Event()
@@ -234,11 +242,12 @@ class Pipeline:
         return next((s for s in (*self.sources, *self.parked) if s.stream_id == stream_id), None)
 
     def add_source(self, source: VideoSource, parked: bool = False) -> None:
-        """Add an opened source: read from now on, or kept parked (not read). Raises SourceError once the
-        sources have ended (the pipeline is draining)."""
+        """Add a source: read from now on, or kept parked (not read). A file must be opened first; a live
+        source is connected (and reconnected) by its reader. Raises SourceError once the sources have ended
+        (the pipeline is draining)."""
         if self.find_source(source.stream_id) is not None:
-            raise SourceError(source.uri, f"stream id {source.stream_id!r} is already in use")
-        if source.info is None:
+            raise SourceError(redact(source.uri), f"stream id {source.stream_id!r} is already in use")
+        if source.info is None and not source.live:
             raise SourceError(source.uri, "open() the source before adding it")
         if parked:
             self.parked.append(source)
@@ -305,6 +314,11 @@ class Pipeline:
             raise SourceError(source.uri, "the pipeline's sources have ended; it is draining") from exc
         self._readers[source.stream_id] = reader
 
+    def stream_states(self) -> dict[str, SourceHealth]:
+        """Each stream's link to its source (connecting / live / failed / ended, reconnects, last error, since
+        when), as copies: read it, the readers own it."""
+        return {s.stream_id: s.health.snapshot() for s in (*self.sources, *self.parked)}
+
     def queue_depths(self) -> dict[str, int]:
         return {
             "ingress": self._ingress.qsize(),
@@ -320,6 +334,64 @@ class Pipeline:
     # --- stages -------------------------------------------------------------------------
 
     async def _read_source(self, reader: _Reader) -> None:
+        """Read one source until it ends or is stopped; a live source that fails to open or drops (and any
+        source whose read raises) is reopened with backoff meanwhile, the other streams unaffected."""
+        source = reader.source
+        outcome: _ReadOutcome = "stopped"
+        while not reader.stop.is_set():
+            if not source.is_open and not await self._connect(reader):
+                break
+            outcome = await self._read_frames(reader)
+            if outcome != "dropped":
+                break
+            await asyncio.get_running_loop().run_in_executor(self._open_pool, source.disconnect)
+        if outcome == "ended":
+            if self._readers.get(source.stream_id) is reader:
+                del self._readers[source.stream_id]
+            for listener in self.source_end_listeners:
+                listener(source)  # may add or unpark a stream: this task still holds the group open
+
+    async def _connect(self, reader: _Reader) -> bool:
+        """Open the source (reopen, after a failure or a drop) on the open threads, waiting the backoff
+        between attempts. False: stopped first."""
+        source, health = reader.source, reader.source.health
+        loop = asyncio.get_running_loop()
+        shown = redact(source.uri)
+        # The first open of a stream is at once; a reopen waits, so a camera flapping costs little.
+        delay = self.config.reconnect.delay(max(1, health.failures)) if health.failures or source.info else 0.0
+        while True:
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await reader.stop.wait()
+                if reader.stop.is_set():
+                    return False
+                health.reconnects += 1
+            health.enter("connecting")
+            try:
+                await loop.run_in_executor(self._open_pool, source.open)
+            except SourceError as exc:
+                error = exc.problem
+            except Exception as exc:  # an OpenCV failure of any kind: this stream's, not the pipeline's
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                health.failures = 0
+                health.enter("live")
+                if health.reconnects:
+                    log.warning("stream %s (%s): live again (reconnect %d)", source.stream_id, shown,
+                                health.reconnects)
+                return True
+            if reader.stop.is_set():
+                return False
+            health.failures += 1
+            delay = self.config.reconnect.delay(health.failures)
+            health.enter("failed", error)
+            log.warning("stream %s (%s): %s; retrying in %.1f s (failure %d in a row)", source.stream_id, shown,
+                        health.last_error, delay, health.failures)
+
+    async def _read_frames(self, reader: _Reader) -> _ReadOutcome:
+        """Frames from an open source into the pipeline until it is stopped, ends (a file), or drops (a live
+        source gave no frame, or a read raised)."""
         source = reader.source
         assert source.info is not None
         interval = 1.0 / source.info.fps
@@ -328,7 +400,8 @@ class Pipeline:
         t0 = time.monotonic()
         first_seq = seq = self._next_seq.get(source.stream_id, 0)
         deadline_s = (source.deadline_ms or self.config.deadline_ms) / 1000.0
-        ended = False
+        health = source.health
+        health.enter("live")
         while not reader.stop.is_set():
             if pace:
                 delay = t0 + (seq - first_seq) * interval - time.monotonic()
@@ -337,17 +410,30 @@ class Pipeline:
                         async with asyncio.timeout(delay):
                             await reader.stop.wait()
                     if reader.stop.is_set():
-                        break
+                        return "stopped"
             t_read = time.monotonic()
-            image = await loop.run_in_executor(None, source.read)
-            if image is None:
-                ended = not reader.stop.is_set()
-                break
+            try:
+                image = await loop.run_in_executor(None, source.read)
+            except Exception as exc:  # a decoder crash: this stream's, not the pipeline's
+                error = f"read failed: {type(exc).__name__}: {one_line(str(exc))}"
+                log.warning("stream %s (%s): %s", source.stream_id, redact(source.uri), error)
+                if source.live:
+                    health.enter("failed", error)
+                    return "dropped"
+                health.enter("ended", error)
+                return "ended"
             if reader.stop.is_set():
-                break  # parked or removed while reading: the frame was never accepted
+                return "stopped"  # parked or removed while reading: the frame, if any, was never accepted
+            if image is None:
+                if source.live:
+                    health.enter("failed", "stream dropped: no frame (disconnected or read timed out)")
+                    log.warning("stream %s (%s): dropped; reconnecting", source.stream_id, redact(source.uri))
+                    return "dropped"
+                health.enter("ended")
+                return "ended"
             if self.config.max_frames is not None and self._accepted >= self.config.max_frames:
                 self.stop()
-                break
+                return "stopped"
             now = time.monotonic()
             frame = Frame(source.stream_id, seq, image, now, now + deadline_s, monotonic_to_wall(now),
                           decode_ms=(now - t_read) * 1000.0)
@@ -362,11 +448,7 @@ class Pipeline:
                 self._ingress.put_nowait(frame)
             else:
                 await self._ingress.put(frame)
-        if ended:
-            if self._readers.get(source.stream_id) is reader:
-                del self._readers[source.stream_id]
-            for listener in self.source_end_listeners:
-                listener(source)  # may add or unpark a stream: this task still holds the group open
+        return "stopped"
 
     async def _keep_open(self) -> None:
         await self._stopping.wait()
@@ -510,8 +592,9 @@ class Pipeline:
     async def run(self) -> RunSummary:
         """Run until the sources end, ``max_frames`` is reached, or ``stop()``; then drain."""
         for s in (*self.sources, *self.parked):
-            if s.info is None:
+            if s.info is None and not s.live:  # live sources are connected by their readers, with retries
                 await asyncio.to_thread(s.open)
+                s.health.enter("live")
         t0 = time.monotonic()
         self.started.set()
         try:
@@ -526,7 +609,7 @@ class Pipeline:
                 await sink.close()
             for s in (*self.sources, *self.parked):
                 await asyncio.to_thread(s.close)  # waits out a read still running on its thread
-            for pool in (self._pre_pool, self._infer_pool, self._post_pool):
+            for pool in (self._pre_pool, self._infer_pool, self._post_pool, self._open_pool):
                 pool.shutdown(wait=False)
             self._finished = True
         return self.summary(time.monotonic() - t0)

@@ -30,6 +30,7 @@ from edge_agent.pipeline import Pipeline, ServingConfig
 from edge_agent.sources import VideoSource
 from edge_agent.stats import StreamCounts
 from schemas import AdmissionFigures, EventKind, ProfileReport, StreamSpec, StreamState
+from schemas.messages import MAX_ERROR_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ class StreamEntry:
 
     @property
     def demand(self) -> StreamDemand:
-        assert self.source.info is not None
-        return StreamDemand(self.stream_id, self.source.info.fps, self.deadline_ms)
+        # A camera not connected yet is admitted on its --fps, else DEFAULT_FPS; once open, on its own rate.
+        return StreamDemand(self.stream_id, self.source.nominal_fps, self.deadline_ms)
 
 
 StreamListener = Callable[[EventKind, str, AdmissionFigures | None, str], None]
@@ -104,10 +105,12 @@ class StreamRoster:
         out = []
         for e in sorted(self.entries.values(), key=lambda e: e.order):
             c = counts.get(e.stream_id, StreamCounts())
+            link = e.source.health
             out.append(StreamState(
                 stream_id=e.stream_id, state=e.state, fps=round(e.demand.fps, 3), deadline_ms=e.deadline_ms,
                 frames_in=c.frames_in, frames_out=c.frames_out, dropped=c.dropped, deadline_misses=c.deadline_misses,
-                reason=e.reason[:1000]))
+                reason=e.reason[:1000], connection=link.state, connection_since=round(link.since, 3),
+                reconnects=link.reconnects, last_error=link.last_error[:MAX_ERROR_CHARS]))
         return out
 
     def admitted(self) -> list[StreamEntry]:
@@ -330,7 +333,8 @@ class StreamRoster:
             source = VideoSource(spec.url, spec.stream_id, fps=spec.fps or default_fps, loop=spec.loop,
                                  deadline_ms=spec.deadline_ms)
             try:
-                await asyncio.to_thread(source.open)
+                if not source.live:  # a file must open now; a camera is connected, and retried, by the pipeline
+                    await asyncio.to_thread(source.open)
                 decisions.append(self.request(source))
             except SourceError as exc:
                 await asyncio.to_thread(source.close)

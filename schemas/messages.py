@@ -144,6 +144,8 @@ class AgentStatus(WireModel):
 # --- streams and admission control ---------------------------------------------------------
 
 MAX_STREAMS = 64
+MAX_ERROR_CHARS = 300  # a stream's last_error: one line, 64 of them fit a telemetry message easily
+ConnectionState = Literal["connecting", "live", "failed", "ended"]
 StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="stream identifier")]
 
 
@@ -195,6 +197,17 @@ class StreamState(WireModel):
     dropped: int = Field(ge=0, le=MAX_INT, description="its frames dropped on overload since start")
     deadline_misses: int = Field(ge=0, le=MAX_INT, description="its frames finished after their deadline since start")
     reason: str = Field(default="", max_length=1000, description="why it is in this state")
+    # The link to the source, beside the admission state above. Defaults: what an agent that predates them says.
+    connection: ConnectionState | None = Field(
+        default=None, description="connecting: being opened; live: open, frames come; failed: down (did not "
+        "open, or dropped), reopened with backoff; ended: a file that ended (or failed to read); None: not "
+        "reported (an older agent)")
+    connection_since: float | None = Field(default=None, ge=0, le=MAX_FLOAT,
+                                           description="unix time the stream entered its connection state")
+    reconnects: int = Field(default=0, ge=0, le=MAX_INT, description="attempts to reopen it after a failed open "
+                            "or a drop, since it was added")
+    last_error: str = Field(default="", max_length=MAX_ERROR_CHARS, description="the last failure to open or read "
+                            "it, one line ('' = none yet); kept after it recovers")
 
 
 # --- telemetry ------------------------------------------------------------------------------

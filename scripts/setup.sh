@@ -23,6 +23,19 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     || echo "setup: chromium could not be installed; the fleet page's browser test will skip in CI" >&2
 fi
 
+# tests/test_cameras.py serves RTSP on loopback with GStreamer's RTSP server, run by the system Python
+# (tests/rtsp_server.py): its bindings and the plugins of the served pipeline (videotestsrc, jpegenc, rtpjpegpay).
+gst_check="import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
+from gi.repository import Gst; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ('videotestsrc', 'jpegenc', 'rtpjpegpay'))"
+if ! /usr/bin/python3 -c "$gst_check" >/dev/null 2>&1; then
+  echo "setup: installing GStreamer's RTSP server (for the camera tests) ..." >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-gi \
+    gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv ..." >&2
