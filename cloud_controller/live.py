@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 READ_ONLY = "read-only: start the controller with --http-token-file"
 MAX_BODY = 4096
-STREAM_KEYS = ("stream_id", "state", "reason", "reconnects", "last_error")  # what the page shows of a stream
+STREAM_KEYS = ("stream_id", "state", "reason", "connection", "reconnects", "last_error")  # what the page shows
 
 
 def _error(status: int, message: str) -> JSONResponse:

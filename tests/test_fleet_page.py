@@ -221,7 +221,8 @@ async def test_the_stream_sends_a_snapshot_then_what_is_new_and_ends_with_the_cl
         assert isinstance(agents, dict) and set(agents) == {"cam1", "cam2"}
         assert len(agents["cam1"]["points"]) == 30 and agents["cam2"]["state"]["online"] is False
         assert agents["cam1"]["state"]["servable"] == SERVABLE
-        assert agents["cam1"]["state"]["streams"][0] == {"stream_id": "cam1-0", "state": "admitted", "reason": ""}
+        assert agents["cam1"]["state"]["streams"][0] == {"stream_id": "cam1-0", "state": "admitted", "reason": "",
+                                                         "connection": None, "reconnects": 0, "last_error": ""}
         _, body = await get(server.port, "/api/fleet/history")
         assert json.loads(body)["agents"].keys() == agents.keys()
 
