@@ -160,15 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="edge-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True)
+    # -v after the command too (edge-agent run -v): absent unless given there, so the one before stands.
+    common = OneLineErrorParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug detail")
 
-    run = sub.add_parser("run", help="run the pipeline on one or more streams")
+    run = sub.add_parser("run", help="run the pipeline on one or more streams", parents=[common])
     add_run_args(run)
-    config = sub.add_parser("config", help="show the effective settings of `run` and where each came from")
+    config = sub.add_parser("config", help="show the effective settings of `run` and where each came from",
+                            parents=[common])
     add_run_args(config)
     config.add_argument("--print", action="store_true", default=True, help="print them (the default)")
     config.add_argument("--json", action="store_true", help="as JSON: key -> {value, from}")
 
-    demo = sub.add_parser("demo", help="the whole loop locally: private mosquitto, controller, agent")
+    demo = sub.add_parser("demo", help="the whole loop locally: private mosquitto, controller, agent",
+                          parents=[common])
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     demo.add_argument("--labels", type=Path, default=None)
     demo.add_argument("--source", type=Path, default=DEFAULT_VIDEO, help="video played by every stream")
@@ -180,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--registry", default=None, help="swap engines from this registry (default: a fresh local "
                       "one holding the sample model exported for batch 1, 2, 4, 8, 16)")
 
-    prof = sub.add_parser("profile", help="measure pre/infer/post per batch size (the paper's Table 1)")
+    prof = sub.add_parser("profile", help="measure pre/infer/post per batch size (the paper's Table 1)",
+                          parents=[common])
     prof.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     prof.add_argument("--labels", type=Path, default=None)
     prof.add_argument("--source", default=str(DEFAULT_VIDEO), help="video to take frames from")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from model_registry.registry import Registry, fetch_verified
 from model_registry.stores import open_store
 from mqtt_bus import publish_once
 from mqtt_bus.args import OneLineErrorParser, add_broker_options, batch_list, bounded_int, broker_settings, segment
-from schemas import ArtifactTarget, ModelAnnouncement, Topics, encode
+from schemas import ArtifactInfo, ArtifactTarget, ModelAnnouncement, Topics, encode
 
 PROGRESS_MIN_BYTES = 1 << 20
 
@@ -31,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a directory (default ./registry) or mongodb://... (env EDGEBATCH_REGISTRY: keeps a "
                    "MongoDB password off the command line)")
     sub = p.add_subparsers(dest="command", required=True)
-    push = sub.add_parser("push", help="store a model file")
+    # --store is accepted after the command too (model-registry list --store DIR): on each sub-parser,
+    # absent unless given there, so the one before the command (or its default) stands otherwise.
+    common = OneLineErrorParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help="as --store before the command")
+    push = sub.add_parser("push", help="store a model file", parents=[common])
     push.add_argument("file", type=Path)
     push.add_argument("--name", required=True, type=segment("model name"))
     push.add_argument("--version", required=True, type=segment("model version"))
@@ -42,18 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also store one static-batch ONNX per size, e.g. 1,2,4,8,16")
     add_broker_options(push, None, "announce on {prefix}/models/{name} (retained)")
     push.add_argument("--prefix", default="edgebatch")
-    ls = sub.add_parser("list", help="list artifacts as a table")
+    ls = sub.add_parser("list", help="list artifacts as a table (or --json)", parents=[common])
     ls.add_argument("--name")
     ls.add_argument("--version")
-    pull = sub.add_parser("pull", help="download an artifact, verified by sha256")
+    ls.add_argument("--json", action="store_true", help="every artifact's record as JSON")
+    pull = sub.add_parser("pull", help="download an artifact, verified by sha256", parents=[common])
     pull.add_argument("id", nargs="?", help="artifact id (or use --name/--version/--batch-size)")
     pull.add_argument("--name")
     pull.add_argument("--version")
     pull.add_argument("--batch-size", type=bounded_int(1, 1024), default=1)
-    pull.add_argument("--out", type=Path, required=True)
-    rm = sub.add_parser("rm", help="delete an artifact")
+    pull.add_argument("--out", required=True, help="file to write, or a folder (DIR/) to write "
+                      "NAME-VERSION-bSIZES.onnx|plan into")
+    rm = sub.add_parser("rm", help="delete an artifact", parents=[common])
     rm.add_argument("id")
-    build = sub.add_parser("build", help="build TensorRT engines on this device and push them")
+    build = sub.add_parser("build", help="build TensorRT engines on this device and push them", parents=[common])
     build.add_argument("--onnx", type=Path, required=True)
     build.add_argument("--name", required=True, type=segment("model name"))
     build.add_argument("--version", required=True, type=segment("model version"))
@@ -73,6 +80,13 @@ def transfer_bar(label: str, total: int) -> Iterator[callable]:  # type: ignore[
                   TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda moved: bar.update(task, completed=moved)
+
+
+def artifact_filename(info: ArtifactInfo) -> str:
+    """``nanodet-1-b4.onnx``, ``nanodet-1-dyn.onnx``, ``yolo-2-b1-8-fp16.plan``: what ``pull --out DIR/`` writes."""
+    sizes = "dyn" if info.dynamic_batch else "b" + "-".join(map(str, info.batch_sizes))
+    precision = "" if info.precision == "fp32" else f"-{info.precision}"
+    return f"{info.name}-{info.version}-{sizes}{precision}.{'plan' if info.format == 'tensorrt' else 'onnx'}"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -104,6 +118,10 @@ async def run(args: argparse.Namespace) -> int:
                 console.print(f"announced on {Topics(args.prefix).model(args.name)}")
         elif args.command == "list":
             found = await store.find(ArtifactQuery(name=args.name, version=args.version))
+            if args.json:
+                rows = [a.model_dump(mode="json") for a in sorted(found, key=lambda a: (a.name, a.version, a.id))]
+                print(json.dumps(rows, indent=2))
+                return 0
             table = Table(title=f"artifacts in {store.location}")
             for col in ("id", "name", "version", "format", "batch sizes", "target", "sha256", "size"):
                 table.add_column(col)
@@ -123,9 +141,13 @@ async def run(args: argparse.Namespace) -> int:
                 if picked is None:
                     raise RegistryError(f"no artifact of {args.name} {args.version} serves batch {args.batch_size}")
                 info = picked
+            out = Path(args.out)  # (a Path would drop the trailing "/" that says "a folder")
+            if out.is_dir() or args.out.endswith(("/", os.sep)):  # a folder: the artifact keeps a name of its own
+                out.mkdir(parents=True, exist_ok=True)
+                out = out / artifact_filename(info)
             with transfer_bar(f"pull {info.name}", info.size_bytes) as progress:
-                await fetch_verified(store, info, args.out, progress)
-            console.print(f"pulled {info.id} to {args.out} (sha256 verified)")
+                await fetch_verified(store, info, out, progress)
+            console.print(f"pulled {info.id} to {out} (sha256 verified)")
         elif args.command == "rm":
             await store.delete(args.id)
             console.print(f"removed {args.id}")

@@ -181,3 +181,26 @@ async def test_run_takes_its_broker_settings_from_the_environment(broker, short_
             _, err = await process.communicate()
     assert len(peer.heard) >= 3, err.decode()[-2000:]
     assert {m.topic for m in peer.heard} == {"site7/eb/agents/env-cam/telemetry"}
+
+
+def test_registry_cli_habits_json_listing_store_after_the_command_and_pull_into_a_folder(tmp_path: Path) -> None:
+    store = tmp_path / "reg"
+
+    def registry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "model_registry.cli", *args], capture_output=True, text=True,
+                              timeout=240, cwd=tmp_path)
+
+    pushed = registry("push", str(MODEL), "--name", "nano", "--version", "1", "--export-static", "2", "--store",
+                      str(store))
+    assert pushed.returncode == 0, pushed.stderr
+    listed = registry("list", "--store", str(store), "--json")  # --store after the command
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert {(r["name"], r["version"], tuple(r["batch_sizes"]), r["dynamic_batch"]) for r in rows} >= {
+        ("nano", "1", (2,), False)}
+    assert all(len(r["sha256"]) == 64 for r in rows)
+    pulled = registry("--store", str(store), "pull", "--name", "nano", "--version", "1", "--batch-size", "2",
+                      "--out", f"{tmp_path / 'models'}/")
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "models" / "nano-1-b2.onnx").stat().st_size > 1_000_000, "written into the folder, named"
+    assert "nano-1-b2.onnx" in pulled.stdout
