@@ -239,7 +239,8 @@ async def run_command(args: argparse.Namespace) -> int:
         if not args.model_name:
             raise EdgeAgentError("--registry needs --model-name (and optionally --model-version)")
         swapper = EngineSwapper(open_store(args.registry), ArtifactCache(args.cache_dir), local_device_target(),
-                                onnx_backend=onnx_backend(args.backend))
+                                onnx_backend=onnx_backend(args.backend),
+                                backend_options=args.settings.backends.options())
         try:
             info = await swapper.resolve(args.model_name, args.model_version, args.batch_size or 4)
             engine, _ = await swapper.load(info, args.batch_size or 4, probe)
@@ -247,7 +248,8 @@ async def run_command(args: argparse.Namespace) -> int:
             raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
         model_name, model_version, artifact_sha = info.name, info.version, info.sha256
     else:
-        engine = await asyncio.to_thread(load_engine, args.model, args.backend)
+        engine = await asyncio.to_thread(load_engine, args.model, args.backend,
+                                         args.settings.backends.options().get(args.backend))
     batch_size = args.batch_size or 4
     pipeline_filters: dict[str, DetectionFilter] = {}
     sources = await open_streams(args.settings.stream_specs())

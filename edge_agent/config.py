@@ -5,6 +5,7 @@ agent: {id: cam-box-1, prefix: edgebatch, telemetry_interval_s: 1}
 broker: {url: "mqtts://cam-box-1@broker.example:8883", password_file: /etc/edgebatch/mqtt_password,
          ca_file: /etc/edgebatch/ca.crt}
 model: {path: samples/models/nanodet-m-416-coco.onnx, backend: onnxruntime}
+backends: {onnxruntime: {intra_op_threads: 2}, pytorch: {device: "cuda:0"}}   # each backend's own settings
 pipeline: {deadline_ms: 1000}
 cameras:
   gate: {url: "rtsp://10.0.0.5/stream1", fps: 10, deadline_ms: 500, score_threshold: 0.5, classes: [person, car]}
@@ -23,6 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from edge_agent.engines.settings import OnnxRuntimeSettings, PyTorchSettings, TensorRtSettings
 from schemas import DEFAULT_PREFIX
 from schemas.messages import StreamSpec
 from schemas.topics import check_segment
@@ -98,6 +100,18 @@ class OutputsSection(Section):
     summary: Path | None = Field(default=None, description="the end-of-run figures as JSON")
 
 
+class BackendsSection(Section):
+    """Each backend's own settings; only the one that runs is used."""
+
+    onnxruntime: OnnxRuntimeSettings = Field(default_factory=OnnxRuntimeSettings)
+    pytorch: PyTorchSettings = Field(default_factory=PyTorchSettings)
+    tensorrt: TensorRtSettings = Field(default_factory=TensorRtSettings)
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        """backend -> keyword arguments for its engine (what was set)."""
+        return {name: getattr(self, name).options() for name in type(self).model_fields}
+
+
 class MetricsSection(Section):
     address: str | None = Field(default=None, description="HOST:PORT to serve /metrics and /healthz (default: off)")
     advertise: str | None = Field(default=None, description="HOST:PORT announced for Prometheus to scrape")
@@ -132,6 +146,7 @@ class AgentConfig(Section):
     admission: AdmissionSection = Field(default_factory=AdmissionSection)
     outputs: OutputsSection = Field(default_factory=OutputsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    backends: BackendsSection = Field(default_factory=BackendsSection)
     cameras: dict[CameraName, CameraConfig] = Field(
         default_factory=lambda: {"s0": CameraConfig(url=str(DEFAULT_VIDEO))}, max_length=1024,
         description="streams by name (default: the sample video)")

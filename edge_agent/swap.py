@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,12 +143,14 @@ class EngineSwapper:
     """Loads engines from a model registry for the reconciler: resolve, guard, fetch, load, warm up."""
 
     def __init__(self, store: ArtifactStore, cache: ArtifactCache, device: ArtifactTarget | None = None,
-                 guard: MemoryGuard | None = None, onnx_backend: str = "onnxruntime") -> None:
+                 guard: MemoryGuard | None = None, onnx_backend: str = "onnxruntime",
+                 backend_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.store = store
         self.cache = cache
         self.device = device or ArtifactTarget()
         self.guard = guard or MemoryGuard()
         self.onnx_backend = onnx_backend  # what runs ONNX artifacts; engines run on their own runtime
+        self.backend_options = dict(backend_options or {})  # backend -> its own settings (engines/settings.py)
 
     async def _find(self, name: str) -> list[ArtifactInfo]:
         try:
@@ -206,7 +210,8 @@ class EngineSwapper:
         timings["cache_hit"] = 1.0 if hit else 0.0
         t = time.monotonic()
         try:
-            engine = await asyncio.to_thread(load_engine, path, self.backend_for(info))
+            backend = self.backend_for(info)
+            engine = await asyncio.to_thread(load_engine, path, backend, self.backend_options.get(backend))
         except Exception as exc:  # any runtime error (CUDA, MemoryError, a bad file): refuse, keep serving
             raise OrderRefused("load_error", f"load of {info.name} {info.version} ({info.id}) failed: "
                                f"{type(exc).__name__}: {exc}") from exc

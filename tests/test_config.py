@@ -149,3 +149,22 @@ cameras:
     assert set(by_stream) == {"gate", "lobby"}
     assert by_stream["gate"] and all(d["label"] == "person" and d["score"] >= 0.5 for d in by_stream["gate"])
     assert any(d["score"] < 0.5 for d in by_stream["lobby"]), "the other camera keeps the decoder's threshold"
+
+
+def test_a_backends_own_settings_reach_its_engine(tmp_path: Path) -> None:
+    from edge_agent.engines import load_engine
+    from tests.conftest import MODEL
+
+    yaml_text = "backends: {onnxruntime: {intra_op_threads: 1, providers: [CPUExecutionProvider]}}\n"
+    layered, _ = settings(tmp_path, yaml_text)
+    options = layered.config.backends.options()
+    assert options == {"onnxruntime": {"intra_op_threads": 1, "providers": ["CPUExecutionProvider"]},
+                       "pytorch": {}, "tensorrt": {}}
+    engine = load_engine(MODEL, "onnxruntime", options["onnxruntime"])
+    try:
+        assert engine._session.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+        assert engine._session.get_providers() == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+    finally:
+        engine.close()
+    with pytest.raises(EdgeAgentError, match=r"backends.onnxruntime.threads: unknown key"):
+        settings(tmp_path, "backends: {onnxruntime: {threads: 1}}\n")

@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from edge_agent.engines import onnxruntime as _ort
 from edge_agent.engines.base import InferenceEngine, padded_batch_size, run_padded, stack_padded
 from edge_agent.errors import BackendUnavailable
 
-EngineFactory = Callable[[str | Path], InferenceEngine]
+EngineFactory = Callable[..., InferenceEngine]  # (path, **the backend's options: engines/settings.py)
 
 
-def _onnxruntime(path: str | Path) -> InferenceEngine:
-    return _ort.OnnxRuntimeEngine(path)
+def _onnxruntime(path: str | Path, **options: Any) -> InferenceEngine:
+    return _ort.OnnxRuntimeEngine(path, **options)
 
 
-def _tensorrt(path: str | Path) -> InferenceEngine:
+def _tensorrt(path: str | Path, **options: Any) -> InferenceEngine:
     from edge_agent.engines import tensorrt as _trt  # import-guarded inside the module
 
-    return _trt.TensorRtEngine(path)
+    return _trt.TensorRtEngine(path, **options)
 
 
-def _pytorch(path: str | Path) -> InferenceEngine:
+def _pytorch(path: str | Path, **options: Any) -> InferenceEngine:
     from edge_agent.engines import pytorch as _torch  # import-guarded inside the module
 
-    return _torch.PyTorchEngine(path)
+    return _torch.PyTorchEngine(path, **options)
 
 
 BACKENDS: dict[str, EngineFactory] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "pytorch": _pytorch}
 FORMAT_BACKEND = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
 
 
-def load_engine(path: str | Path, backend: str = "onnxruntime") -> InferenceEngine:
+def load_engine(path: str | Path, backend: str = "onnxruntime",
+                options: Mapping[str, Any] | None = None) -> InferenceEngine:
+    """``options``: the backend's own settings (``engines/settings.py``), as keyword arguments."""
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise BackendUnavailable(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}") from None
-    return factory(path)
+    return factory(path, **(options or {}))
 
 
 def available_backends() -> list[str]:
