@@ -320,6 +320,10 @@ class Controller:
         if self.ownership == "hrw":
             for agent_id in [a for a in self.owned if self._owner(a) != self.controller_id]:
                 self._release(agent_id)
+            if m.stable:  # pins kept across a reconnect for agents that are now another replica's
+                for agent_id in [a for a in self.pins if a not in self.owned and self._owner(a) != self.controller_id]:
+                    log.warning("%s: pinned here, now another replica's: the pin is dropped", agent_id)
+                    del self.pins[agent_id]
         log.info("controller %s: live replicas %s (epoch %d); holding %d agents", self.controller_id,
                  ", ".join(m.live) or "none", m.epoch, len(self.owned))
 
@@ -344,15 +348,16 @@ class Controller:
                               f"{sorted(state.delay_ms_by_batch) or '-'}")
         log.info("controller %s: took over %s (%s)", self.controller_id, agent_id, source)
 
-    def _release(self, agent_id: str) -> None:
-        """Give the agent up: hand over what was learned (publish it now), then forget it."""
+    def _release(self, agent_id: str, keep_pin: bool = False) -> None:
+        """Give the agent up: hand over what was learned (publish it now), then forget it. ``keep_pin``:
+        a reconnect, not a move; if the agent turns out to be this replica's again, the pin holds."""
         if agent_id not in self.owned:
             return
         self._publish_profile(agent_id, force=True)
         self.owned.discard(agent_id)
         self.policy.forget(agent_id)
         self._profile_sent.pop(agent_id, None)
-        pin = self.pins.pop(agent_id, None)
+        pin = None if keep_pin else self.pins.pop(agent_id, None)
         if pin is not None:  # the order stays retained; the next owner's policy decides from there
             log.warning("%s: pinned at batch %d, now given up: the pin is dropped", agent_id, pin.batch_size)
         view = self.agents.get(agent_id)
@@ -360,9 +365,9 @@ class Controller:
             view.pending = None
         self.counters.releases += 1
 
-    def _release_all(self) -> None:
+    def _release_all(self, keep_pins: bool = False) -> None:
         for agent_id in list(self.owned):
-            self._release(agent_id)
+            self._release(agent_id, keep_pin=keep_pins)
 
     # --- messages out ------------------------------------------------------------------------
 
@@ -486,7 +491,7 @@ class Controller:
     async def _on_connect(self) -> None:
         """A new broker session: whatever was heard on the old one may be stale; start over."""
         self.membership.reset()
-        self._release_all()
+        self._release_all(keep_pins=True)  # an operator's pin outlives a reconnect; a move drops it
         self._on_view_change()
 
     async def _heartbeats(self) -> None:

@@ -95,6 +95,10 @@ class Membership:
                 self._clash(alive)
             return False  # a retained message of an earlier instance: its will or our first beat replaces it
         known = self.members.get(rid)
+        if rid == self.controller_id and alive.state == "offline":
+            # Our own last will: the broker took us for gone and told the others, who may have taken our
+            # agents over. No resume at once: the grace period lets them give the agents back first.
+            self._resume = None
         if alive.state == "offline":
             if known is not None and known.nonce == alive.nonce:
                 del self.members[rid]

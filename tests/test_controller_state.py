@@ -112,3 +112,27 @@ def test_views_of_agents_that_went_away_expire() -> None:
     assert c.expire_views(now=c.agents["here"].last_seen + 61) == 2
     assert set(c.agents) == {"here"} and not c._profiles
     assert c.counters.views_expired == 2
+
+
+async def test_an_operators_pin_outlives_a_reconnect_but_not_a_move() -> None:
+    c = controller(ownership="hrw")
+    beat(c, 5)  # alone and stable: it owns every agent
+    c.on_status("cam1", online("cam1"))
+    await c.handle(window("cam1", delay=20.0))
+    assert "cam1" in c.owned
+    pinned = c.pin("cam1", 2, "night shift")
+    await c._on_connect()  # a new broker session: the membership starts over, the agents are released
+    assert c.pins["cam1"].batch_size == 2, "a reconnect is not a move: the pin holds"
+    beat(c, 5)
+    decisions = c.counters.decisions
+    # Applied, and at 120 % of its budget: the policy would move it.
+    await c.handle(window("cam1", batch=2, delay=80.0, applied_generation=pinned.generation))
+    assert c.counters.decisions == decisions and c.counters.held_pinned >= 1, "still held for the operator"
+    # Another replica joins and wins cam1: the pin goes with the ownership.
+    other = ControllerAlive(controller_id="ctl-b", nonce="bbbbbbbb", state="online", started=1.0, heartbeat_s=1.0,
+                            ownership="hrw")
+    c.on_alive(other, retained=False)
+    if c._owner("cam1") == "ctl-b":
+        assert "cam1" not in c.pins
+    else:
+        assert "cam1" in c.pins

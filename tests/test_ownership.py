@@ -156,6 +156,17 @@ def test_a_reconnect_that_finds_other_replicas_waits_the_grace_period() -> None:
         assert m.stable, heard
 
 
+def test_a_reconnect_after_our_own_will_fired_waits_the_grace_period() -> None:
+    """Only our connection dropped: the broker published our will, the others saw us leave and may hold
+    our agents. Finding the same set again is no proof they gave them back: wait the grace period."""
+    m = stable_pair()
+    m.reset()
+    m.observe(beat("ctl-b", "bbbbbbbb"), retained=True)
+    m.observe(beat("ctl-a", "aaaaaaaa", state="offline"), retained=True)  # our will, kept by the broker
+    m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)
+    assert m.live == ("ctl-a", "ctl-b") and not m.stable
+
+
 def test_a_reconnect_from_an_unstable_view_waits_the_grace_period() -> None:
     m = me(miss_beats=3, grace_beats=4)
     m.observe(beat("ctl-a", "aaaaaaaa"), retained=False)  # just started: not stable yet
