@@ -260,8 +260,9 @@ class Controller:
         view = self.view(agent_id)
         view.telemetry = telemetry
         view.online = True
-        for listener in self.telemetry_listeners:
-            listener(view, telemetry)
+        if view.status is not None:  # ids that never announced themselves fill no history
+            for listener in self.telemetry_listeners:
+                listener(view, telemetry)
         self._expire_pending(view)
         if not view.settled(telemetry):
             return

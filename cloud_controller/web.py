@@ -105,12 +105,15 @@ class TokenAuth:
         return hmac.compare_digest(given, self.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         if self._allowed(headers.get(b"authorization", b"").decode("latin-1")):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # none is served today; one added later is guarded all the same
+            await send({"type": "websocket.close", "code": 1008})
             return
         response = PlainTextResponse("token required\n", status_code=401,
                                      headers={"WWW-Authenticate": 'Basic realm="edgebatch", charset="UTF-8"'})

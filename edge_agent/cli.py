@@ -44,6 +44,7 @@ from mqtt_bus.args import (
     topic_prefix,
 )
 from mqtt_bus.layered_config import ConfigError, Layered, load_layered
+from mqtt_bus.secrets import redact
 from schemas import ArtifactInfo
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ def add_run_args(run: argparse.ArgumentParser) -> None:
                       help="pace sources at their fps, drop the oldest frame on overload (default)")
     mode.add_argument("--offline", dest="realtime", action="store_false", default=S,
                       help="as fast as possible, never drop: back-pressure to the sources")
-    run.add_argument("--fps", type=bounded_float(0, 1000), default=S, help="override the sources' frame rate")
+    run.add_argument("--fps", type=bounded_float(0, 1000), default=S,
+                     help="frame rate of every stream without one of its own (a camera's fps in the file wins)")
     run.add_argument("--deadline-ms", type=bounded_float(0, 3_600_000), default=S,
                      help="end-to-end deadline per frame (default 1000)")
     run.add_argument("--max-frames", type=positive_int, default=S, help="stop after this many frames in total")
@@ -245,7 +247,7 @@ async def run_command(args: argparse.Namespace) -> int:
             info = await swapper.resolve(args.model_name, args.model_version, args.batch_size or 4)
             engine, _ = await swapper.load(info, args.batch_size or 4, probe)
         except RegistryError as exc:
-            raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
+            raise EdgeAgentError(f"registry {redact(args.registry)}: {exc}") from exc
         model_name, model_version, artifact_sha = info.name, info.version, info.sha256
     else:
         engine = await asyncio.to_thread(load_engine, args.model, args.backend,
@@ -271,53 +273,55 @@ async def run_command(args: argparse.Namespace) -> int:
                         version=model_version, artifact_sha256=artifact_sha)
     pipeline.detection_filters.update(pipeline_filters)
     metrics = await start_metrics(args.metrics, pipeline, probe)
-    roster = await start_roster(args, pipeline, engine, decoder, probe.name != "host",
-                                adapt_batch_size=args.batch_size is None and not args.broker)
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, pipeline.stop)
-        loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
-    line = StatusLine()
-    if args.broker:
-        from edge_agent.agent import Agent
-        from edge_agent.settings import AgentSettings
+    try:  # the metrics server goes whatever ends the run
+        roster = await start_roster(args, pipeline, engine, decoder, probe.name != "host",
+                                    adapt_batch_size=args.batch_size is None and not args.broker)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, pipeline.stop)
+            loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
+        line = StatusLine()
+        if args.broker:
+            from edge_agent.agent import Agent
+            from edge_agent.settings import AgentSettings
 
-        given = {"broker_url": args.broker, "broker_ca_file": args.ca_file,
-                 "broker_password_file": args.broker_password_file, "broker_client_cert": args.client_cert,
-                 "broker_client_key": args.client_key, "prefix": args.prefix, "agent_id": args.agent_id,
-                 "telemetry_interval_s": args.telemetry_interval,
-                 "publish_detections": args.publish_detections,
-                 "connect_wait_s": args.settings.agent.connect_wait_s}
-        overrides = {key: value for key, value in given.items() if value is not None}  # else env, else default
-        try:
-            settings = AgentSettings(**overrides)
-        except ValueError as exc:
-            raise EdgeAgentError(f"bad agent settings: {exc}") from exc
-        agent = Agent(pipeline, probe, settings, on_window=lambda w: line.update(
-            status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
-                        pipeline.queue_depths())), swap_handler=swapper, roster=roster)
+            given = {"broker_url": args.broker, "broker_ca_file": args.ca_file,
+                     "broker_password_file": args.broker_password_file, "broker_client_cert": args.client_cert,
+                     "broker_client_key": args.client_key, "prefix": args.prefix, "agent_id": args.agent_id,
+                     "telemetry_interval_s": args.telemetry_interval,
+                     "publish_detections": args.publish_detections,
+                     "connect_wait_s": args.settings.agent.connect_wait_s}
+            overrides = {key: value for key, value in given.items() if value is not None}  # else env, else default
+            try:
+                settings = AgentSettings(**overrides)
+            except ValueError as exc:
+                raise EdgeAgentError(f"bad agent settings: {exc}") from exc
+            agent = Agent(pipeline, probe, settings, on_window=lambda w: line.update(
+                status_line(w, pipeline.batch_size, pipeline.stats.dropped, pipeline.stats.deadline_misses,
+                            pipeline.queue_depths())), swap_handler=swapper, roster=roster)
+            if metrics is not None:
+                metrics.metrics.agent = agent
+                agent.metrics_address = metrics.advertised(args.metrics_advertise)
+            summary = await agent.run()
+        else:
+            async def show() -> None:
+                await pipeline.started.wait()
+                while True:
+                    await asyncio.sleep(1.0)
+                    w = pipeline.stats.take_window()
+                    line.update(status_line(w, pipeline.batch_size, pipeline.stats.dropped,
+                                            pipeline.stats.deadline_misses, pipeline.queue_depths()))
+
+            shower = asyncio.create_task(show(), name="status-line")
+            admission = asyncio.create_task(roster.run(), name="admission")
+            try:
+                summary = await pipeline.run()
+            finally:
+                shower.cancel()
+                admission.cancel()
+    finally:
         if metrics is not None:
-            metrics.metrics.agent = agent
-            agent.metrics_address = metrics.advertised(args.metrics_advertise)
-        summary = await agent.run()
-    else:
-        async def show() -> None:
-            await pipeline.started.wait()
-            while True:
-                await asyncio.sleep(1.0)
-                w = pipeline.stats.take_window()
-                line.update(status_line(w, pipeline.batch_size, pipeline.stats.dropped,
-                                        pipeline.stats.deadline_misses, pipeline.queue_depths()))
-
-        shower = asyncio.create_task(show(), name="status-line")
-        admission = asyncio.create_task(roster.run(), name="admission")
-        try:
-            summary = await pipeline.run()
-        finally:
-            shower.cancel()
-            admission.cancel()
-    if metrics is not None:
-        await metrics.close()
+            await metrics.close()
     line.finish()
     summary = summary.model_copy(update={"per_stream": roster.states()})
     print_summary(summary)
@@ -394,7 +398,7 @@ async def registry_engines(args: argparse.Namespace) -> tuple[EngineSwapper, dic
             path, _ = await cache.ensure(swapper.store, info)
             picked[size] = (path, info)
     except RegistryError as exc:
-        raise EdgeAgentError(f"registry {args.registry}: {exc}") from exc
+        raise EdgeAgentError(f"registry {redact(args.registry)}: {exc}") from exc
     return swapper, picked
 
 

@@ -121,8 +121,10 @@ class MetricsSection(Section):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
             from mqtt_bus.http import parse_address
+            from schemas import AgentStatus
 
             parse_address(value)  # ValueError: not HOST:PORT
+            AgentStatus(agent_id="x", state="online", metrics_address=value)  # what the status may carry
         return value
 
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import SourceError
+from mqtt_bus.secrets import redact_url
 from schemas import ConnectionState
 from schemas.messages import MAX_ERROR_CHARS, StreamSpec
 
@@ -37,9 +38,6 @@ OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # schemas' StreamId
-_CREDENTIALS = re.compile(r"(//[^/@:]*):[^/@]*@")
-
-
 def _is_camera_index(uri: str) -> bool:
     return uri.isdigit()
 
@@ -54,8 +52,9 @@ def is_live(uri: str) -> bool:
 
 
 def redact(uri: str) -> str:
-    """The URI with any password replaced (it goes to logs and to the cloud in telemetry)."""
-    return _CREDENTIALS.sub(r"\1:***@", uri)
+    """The URI with any password replaced (it goes to logs and to the cloud in telemetry): the userinfo
+    ends at the last '@', so a password holding '/' or '@' is hidden whole."""
+    return redact_url(uri) if "://" in uri else uri
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:

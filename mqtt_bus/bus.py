@@ -8,6 +8,7 @@ while disconnected returns False and is counted; it never blocks the caller's wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -101,7 +102,11 @@ class BrokerSettings:
         try:
             given = parts.port
         except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer ..."
-            raise ValueError(f"broker URL {redact(url)}: {exc}") from None
+            # With a user in the URL, a '/', '#' or '?' in the password moves part of it into what urlsplit
+            # takes for the port, and its message would repeat it.
+            reason = "the port is not a number in 1-65535 (or a password holds '/', '#' or '?': "\
+                "use a password file)" if "@" in url else str(exc)
+            raise ValueError(f"broker URL {redact(url)}: {reason}") from None
         if given == 0:
             raise ValueError(f"broker URL {redact(url)}: port 0 is not a port")
         port = given or (8883 if tls else 1883)
@@ -164,10 +169,11 @@ class MqttBus:
     # A broker that is there but does not answer (hung, or a dead NAT path) is only noticed by the
     # MQTT keepalive after one to two keepalives (10-20 s). The bus asks it (PINGREQ) once it has been
     # silent for ``silence_probe_s`` and drops the connection when that goes unanswered for
-    # ``probe_answer_s``: a hung broker is noticed in about 2-3.5 s. A busy connection is never
-    # probed: any byte from the broker counts as an answer.
-    silence_probe_s: float = 1.5
-    probe_answer_s: float = 1.5
+    # ``probe_answer_s``: a hung broker is noticed in about 4-4.5 s. A busy connection is never
+    # probed: any byte from the broker counts as an answer. (2 s for an answer leaves room for a
+    # broker busy saving its retained state, or a slow cellular link.)
+    silence_probe_s: float = 2.0
+    probe_answer_s: float = 2.0
     # Messages received but not yet handled; beyond it aiomqtt drops (QoS 0 telemetry under a flood).
     # A busy controller raises it: each held message costs about its payload (~1.5 KB of telemetry).
     max_queued_incoming: int = 10_000
@@ -229,13 +235,21 @@ class MqttBus:
                     self.connected.set()
                     log.info("%s connected to %s:%d", self.client_id, self.settings.host, self.settings.port)
                     if self.on_connect is not None:
-                        await self.on_connect()
+                        try:
+                            await self.on_connect()
+                        except aiomqtt.MqttError:
+                            raise
+                        except Exception:  # a bug republishing state must not take the connection down
+                            self.counters.handler_errors += 1
+                            log.exception("%s: on_connect failed", self.client_id)
                     watchdog = asyncio.create_task(self._probe_silent_broker(client),
                                                    name=f"mqtt[{self.client_id}].liveness")
                     try:
                         await self._receive(client, queue, handler)
                     finally:
                         watchdog.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await watchdog
             except aiomqtt.MqttError as exc:
                 log.warning("%s: broker connection lost or refused (%s); retrying in %.1f s",
                             self.client_id, exc, delay)

@@ -44,6 +44,7 @@ class HttpServer:
         self.host = host
         self.port = port
         self.name = name
+        self.graceful_shutdown_s = 5  # seconds: how long close() waits for requests in flight before cutting them
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -60,7 +61,7 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         # Open streams (server-sent events) end on their own at shutdown; the grace bounds any other.
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=self.graceful_shutdown_s)
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
         while not self._server.started:

@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mqtt_bus.secrets import redact_url
+
 Model = TypeVar("Model", bound=BaseModel)
 
 DEFAULT = "default"
@@ -38,6 +40,8 @@ class Layered(Generic[Model]):
         """Every leaf setting: (dotted key, value, where it came from), in the tree's order."""
         rows: list[tuple[str, Any, str]] = []
         for key, value in _leaves(self.config.model_dump(mode="json")):
+            if isinstance(value, str) and "://" in value and "@" in value:
+                value = redact_url(value)  # a broker, registry or camera URL's password is not shown
             rows.append((key, value, self._origin_of(key)))
         return rows
 
@@ -118,11 +122,14 @@ def _one_line(exc: ValidationError, origin: Mapping[str, str], file: Path | None
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{where}: expected a mapping of settings, got {type(child).__name__}")
         node = child
     node[leaf] = value
 

@@ -19,10 +19,16 @@ def read_secret(path: str, what: str) -> str:
 
 def redact(url: str) -> str:
     """The URL as it may be shown (quoted): any password replaced by ***."""
+    return repr(redact_url(url))
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:***@host/...``: the password of a URL's userinfo hidden (the last '@' before the
+    path ends the userinfo, so a password holding '@' or '/' is hidden whole)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
     userinfo, at, host = rest.rpartition("@")
     if at and ":" in userinfo:
         rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    return repr(f"{scheme}{sep}{rest}")
+    return f"{scheme}{sep}{rest}"

@@ -46,13 +46,16 @@ async def test_a_hung_broker_is_asked_and_dropped_before_the_keepalive_would(own
     keepalive of 10 s would too, but only after 10-20 s) and reconnect once the broker resumes."""
     import signal
 
-    bus = MqttBus(BrokerSettings.from_url(own_broker.url), f"hung-{prefix}", [Subscription(f"{prefix}/x", 1)])
+    # Asked after 0.5 s of silence, 5 s to answer: a loaded machine's broker answers well within that, and
+    # the hang is still noticed (~5.5 s) long before the keepalive's 10-20 s.
+    bus = MqttBus(BrokerSettings.from_url(own_broker.url), f"hung-{prefix}", [Subscription(f"{prefix}/x", 1)],
+                  silence_probe_s=0.5, probe_answer_s=5.0)
     task = asyncio.create_task(bus.run(lambda m: asyncio.sleep(0)))
     process = own_broker.process
     assert process is not None
     try:
         await bus.wait_connected(10)
-        await asyncio.sleep(bus.silence_probe_s + 0.5)  # idle and answered: the probe must not drop it
+        await asyncio.sleep(3 * bus.silence_probe_s + 1.0)  # idle, asked and answered: it must not drop it
         assert bus.counters.disconnects == 0, "an idle broker that answers the probe stays connected"
         with caplog.at_level("WARNING", logger="mqtt_bus.bus"):
             process.send_signal(signal.SIGSTOP)

@@ -168,3 +168,21 @@ def test_a_backends_own_settings_reach_its_engine(tmp_path: Path) -> None:
         engine.close()
     with pytest.raises(EdgeAgentError, match=r"backends.onnxruntime.threads: unknown key"):
         settings(tmp_path, "backends: {onnxruntime: {threads: 1}}\n")
+
+
+def test_printed_settings_never_show_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    yaml_text = "cameras:\n  gate: {url: 'rtsp://admin:cam-p/w@10.0.0.5/s1'}\n"
+    layered, _ = settings(tmp_path, yaml_text, "--broker", "mqtt://u:broker-pw@h", monkeypatch=monkeypatch,
+                          env={"EDGEBATCH_REGISTRY": "mongodb://agent:mongo-pw@cloud:27017/edgebatch"})
+    shown = "\n".join(layered.lines())
+    for secret in ("broker-pw", "mongo-pw", "cam-p/w", "cam-p"):
+        assert secret not in shown, secret
+    assert "mqtt://u:***@h" in shown and "mongodb://agent:***@cloud:27017/edgebatch" in shown
+    assert layered.config.broker.url == "mqtt://u:broker-pw@h", "only the display hides it"
+
+
+def test_a_section_that_is_not_a_mapping_is_an_error_not_replaced(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(EdgeAgentError, match="broker: expected a mapping of settings, got str"):
+        settings(tmp_path, "broker: 'mqtt://h'\n", monkeypatch=monkeypatch,
+                 env={"EDGEBATCH_BROKER_CA_FILE": "/etc/ca.crt"})
