@@ -607,8 +607,9 @@ class Pipeline:
         finally:
             for sink in self.sinks:
                 await sink.close()
-            for s in (*self.sources, *self.parked):
-                await asyncio.to_thread(s.close)  # waits out a read still running on its thread
+            # Each close waits out a read still running on its thread (up to a camera's read timeout):
+            # together, so several stalled cameras cost one timeout, not one each.
+            await asyncio.gather(*(asyncio.to_thread(s.close) for s in (*self.sources, *self.parked)))
             for pool in (self._pre_pool, self._infer_pool, self._post_pool, self._open_pool):
                 pool.shutdown(wait=False)
             self._finished = True
