@@ -25,6 +25,7 @@ from mqtt_bus.bus import publish_once
 from tests.compose_broker import COMPOSE, ComposeBroker, as_broker_user, broker_ids
 from tests.conftest import ROOT
 from tests.mqtt_helpers import Peer, eventually
+from tests.processes import stop_all
 
 SCHEMA = ROOT / "tests" / "vendor" / "compose-spec.json"
 
@@ -345,12 +346,4 @@ async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broke
             for secret in (token, AGENTS["cam1"], (secrets / "controller_mqtt_password").read_text().strip()):
                 assert secret not in argv, "a secret on a command line"
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
+        stop_all(processes, logs.values())

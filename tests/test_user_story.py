@@ -20,6 +20,7 @@ from mqtt_bus.local_broker import free_port
 from tests.conftest import VIDEO
 from tests.headless_browser import HeadlessChromium, chromium_path
 from tests.mqtt_helpers import eventually
+from tests.processes import stop_all
 
 
 def fleet(port: int, token: str) -> dict[str, Any]:
@@ -102,15 +103,7 @@ cameras:
         await asyncio.to_thread(browse)
         frames = streams_of(http_port, token, "story-cam")["lobby"]
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
+        stop_all(processes, logs.values())
     assert "lobby: admitted" in page["card"] and "gate: failed" in page["card"], page["card"]
     assert not page["errors"], page["errors"]
     assert frames["frames_out"] > 0, "the live camera is served"
