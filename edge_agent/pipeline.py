@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SourceError, SwapError
@@ -163,6 +163,9 @@ class Pipeline:
         # Opens of live sources: their own threads, so dead cameras (each open blocking up to its timeout)
         # never hold the threads the live streams are read on.
         self._open_pool = ThreadPoolExecutor(4, thread_name_prefix="open")
+        # Reads block up to a camera's read timeout when it drops: on their own threads (made as needed),
+        # so cameras dropping together do not starve the others' reads or the loop's to_thread calls.
+        self._read_pool = ThreadPoolExecutor(64, thread_name_prefix="read")
         self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
         self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
         self.started = asyncio.Event()
@@ -307,6 +310,8 @@ class Pipeline:
         if self._reader_group is None:
             return  # not running yet: run() starts it
         reader = _Reader(source)
+        if self._stopping.is_set():  # stop() came before the readers started: they stop at once
+            reader.stop.set()
         try:
             reader.task = self._reader_group.create_task(self._read_source(reader),
                                                          name=f"source[{source.stream_id}]")
@@ -368,8 +373,19 @@ class Pipeline:
                     return False
                 health.reconnects += 1
             health.enter("connecting")
+            opening: asyncio.Future[Any] = loop.run_in_executor(self._open_pool, source.open)
+            # A stop (end of run, park, removal) does not wait out an open that blocks on a dead camera:
+            # the open finishes on its thread, and the source releases what it opened once closed.
+            opening.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+            stopping: asyncio.Future[Any] = asyncio.ensure_future(reader.stop.wait())
             try:
-                await loop.run_in_executor(self._open_pool, source.open)
+                await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not opening.done():
+                return False
+            try:
+                opening.result()
             except SourceError as exc:
                 error = exc.problem
             except Exception as exc:  # an OpenCV failure of any kind: this stream's, not the pipeline's
@@ -413,7 +429,7 @@ class Pipeline:
                         return "stopped"
             t_read = time.monotonic()
             try:
-                image = await loop.run_in_executor(None, source.read)
+                image = await loop.run_in_executor(self._read_pool, source.read)
             except Exception as exc:  # a decoder crash: this stream's, not the pipeline's
                 error = f"read failed: {type(exc).__name__}: {one_line(str(exc))}"
                 log.warning("stream %s (%s): %s", source.stream_id, redact(source.uri), error)
@@ -610,7 +626,7 @@ class Pipeline:
             # Each close waits out a read still running on its thread (up to a camera's read timeout):
             # together, so several stalled cameras cost one timeout, not one each.
             await asyncio.gather(*(asyncio.to_thread(s.close) for s in (*self.sources, *self.parked)))
-            for pool in (self._pre_pool, self._infer_pool, self._post_pool, self._open_pool):
+            for pool in (self._pre_pool, self._infer_pool, self._post_pool, self._open_pool, self._read_pool):
                 pool.shutdown(wait=False)
             self._finished = True
         return self.summary(time.monotonic() - t0)

@@ -293,3 +293,31 @@ async def test_an_rtsp_server_that_accepts_and_never_answers_fails_the_open_with
         with pytest.raises(SourceError, match="cannot connect"):
             await asyncio.wait_for(asyncio.to_thread(source.open), 15)
     source.close()
+
+
+async def test_a_stop_does_not_wait_out_an_open_that_hangs_on_a_silent_camera(engine, decoder) -> None:
+    """A camera that accepts and never answers holds its open for the whole open timeout (60 s here).
+    Stopping the pipeline meanwhile ends the run at once; the open finishes on its own thread later."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        sources = await open_sources([f"rtsp://127.0.0.1:{silent.getsockname()[1]}/cam"])
+        sources[0].open_timeout_ms = 60_000
+        pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=1, reconnect=FAST))
+        task = asyncio.create_task(pipeline.run())
+        silent.settimeout(20)
+        connection, _ = await asyncio.to_thread(silent.accept)  # the camera's open has connected: under way
+        with connection:
+            pipeline.stop()
+            summary = await asyncio.wait_for(task, 30)  # far less than the open's 60 s: it was not waited for
+    assert summary.frames_in == 0
+
+
+async def test_a_stop_before_the_readers_start_is_not_lost(engine, decoder, short_video) -> None:
+    sources = await open_sources([str(short_video)], loop=True)
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=1))
+    pipeline.stop()  # before run() has started any reader
+    summary = await asyncio.wait_for(pipeline.run(), 30)  # a looped file would otherwise play for ever
+    assert summary.frames_in == summary.frames_out
