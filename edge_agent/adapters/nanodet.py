@@ -1,0 +1,31 @@
+"""NanoDet-m: today's stretch pre-processing and GFL decoder, unchanged, behind the adapter protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edge_agent import nanodet
+from edge_agent.adapters.base import DecoderConfig
+from schemas import Detection
+
+
+class NanoDetAdapter:
+    model_type = "nanodet"
+
+    def __init__(self, labels: Sequence[str], config: DecoderConfig | None = None) -> None:
+        config = config or DecoderConfig()
+        self._decoder = nanodet.NanoDetDecoder(
+            labels, nanodet.DecoderConfig(config.score_threshold, config.iou_threshold, config.max_detections)
+        )
+        self.labels = self._decoder.labels
+        self.input_size = (nanodet.INPUT_SIZE, nanodet.INPUT_SIZE)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        return nanodet.preprocess(image)
+
+    def decode_batch(
+        self, outputs: Mapping[str, np.ndarray], frame_sizes: Sequence[tuple[int, int]]
+    ) -> list[list[Detection]]:
+        return self._decoder.decode_batch(outputs, frame_sizes)
