@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.adapters import ModelAdapter, NanoDetAdapter
 from edge_agent.config import (
     DEFAULT_CACHE,
     DEFAULT_MODEL,
@@ -25,7 +26,7 @@ from edge_agent.config import (
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
 from edge_agent.engines import BACKENDS, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import DetectionFilter, FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
@@ -268,7 +269,7 @@ async def run_command(args: argparse.Namespace) -> int:
     config = PipelineConfig(
         batch_size=batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
     )
-    decoder = NanoDetDecoder(labels)
+    decoder = NanoDetAdapter(labels)
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
     pipeline.detection_filters.update(pipeline_filters)
@@ -352,7 +353,7 @@ async def start_metrics(address: str | None, pipeline: Pipeline, probe: Resource
 
 
 async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: InferenceEngine,
-                       decoder: NanoDetDecoder, overlap: bool, adapt_batch_size: bool) -> StreamRoster:
+                       decoder: ModelAdapter, overlap: bool, adapt_batch_size: bool) -> StreamRoster:
     """Admission control over the streams given: the device profile, then each stream admitted or parked."""
     if not 0 < args.headroom <= 1:
         raise EdgeAgentError(f"--headroom must be in (0, 1], got {args.headroom}")
@@ -427,7 +428,7 @@ def profile_command(args: argparse.Namespace) -> int:
         load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
     probe = auto_probe()
     report = run_profile(
-        args.model, args.source, args.batch_sizes, NanoDetDecoder(labels), probe, fps=args.fps,
+        args.model, args.source, args.batch_sizes, NanoDetAdapter(labels), probe, fps=args.fps,
         batches=args.batches, backend=args.backend, progress=lambda m: print(m, file=sys.stderr),
         engine_for=engine_for,
     )
