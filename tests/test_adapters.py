@@ -35,8 +35,9 @@ from edge_agent.adapters import (
 from edge_agent.engines import run_padded
 from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
 from model_registry.darknet import convert_files
-from schemas import Detection
+from schemas import Detection, FrameDetections
 from tests.conftest import IMAGES, LABELS, MODEL
+from tests.test_cli import edge_agent
 from tests.test_nanodet import iou
 
 CACHE = Path(os.environ.get("EDGEBATCH_TEST_CACHE", Path.home() / ".cache" / "edgebatch" / "test-models"))
@@ -287,3 +288,35 @@ def test_letterbox_round_trip(width: int, height: int, box: tuple[float, ...], s
     back = p.to_original(found, height, width)[0]
     tolerance = 1.5 / p.scale_x + 1
     assert np.allclose(back, (x1, y1, x2, y2), atol=tolerance), (back, (x1, y1, x2, y2), p)
+
+
+def test_agent_runs_yolo_with_the_type_inferred(tmp_path: Path, yolov3_tiny: Path, short_video: Path) -> None:
+    """``edge-agent run`` on the converted model: the type and the labels come from the ONNX."""
+    detections = tmp_path / "det.jsonl"
+    result = edge_agent(
+        "run",
+        "--model",
+        str(yolov3_tiny),
+        "--source",
+        str(short_video),
+        "--offline",
+        "--batch-size",
+        "2",
+        "--max-frames",
+        "6",
+        "--detections",
+        str(detections),
+    )
+    assert result.returncode == 0, result.stderr
+    frames = [FrameDetections.model_validate_json(line) for line in detections.read_text().splitlines()]
+    assert len(frames) == 6
+    assert all(any(d.label == "person" for d in f.detections) for f in frames), frames
+
+
+def test_agent_refuses_a_model_type_that_does_not_fit(yolov3_tiny: Path, short_video: Path) -> None:
+    result = edge_agent(
+        "run", "--model", str(yolov3_tiny), "--model-type", "nanodet", "--source", str(short_video), "--max-frames", "2"
+    )
+    assert result.returncode == 2
+    assert "does not fit [batch, 3, 416, 416]" not in result.stderr  # same input size: the outputs are what differ
+    assert "not a NanoDet-m 416 model" in result.stderr and "Traceback" not in result.stderr

@@ -16,10 +16,12 @@ from edge_agent.adapters.base import (
 )
 from edge_agent.adapters.detect import detect_model_type, input_size_of, labels_from_metadata
 from edge_agent.adapters.nanodet import NanoDetAdapter
+from edge_agent.adapters.select import DEFAULT_MODEL_TYPE, adapter_for, read_onnx
 from edge_agent.adapters.yolo import YoloUltralyticsAdapter, YoloV5Adapter
 
 __all__ = [
     "ADAPTERS",
+    "DEFAULT_MODEL_TYPE",
     "AdapterError",
     "DecoderConfig",
     "ModelAdapter",
@@ -28,6 +30,7 @@ __all__ = [
     "PreprocessSpec",
     "YoloUltralyticsAdapter",
     "YoloV5Adapter",
+    "adapter_for",
     "detect_model_type",
     "input_size_of",
     "labels_from_metadata",
@@ -35,13 +38,12 @@ __all__ = [
     "make_adapter",
     "placement",
     "preprocess_with",
+    "read_onnx",
 ]
 
 
 def _nanodet(labels: Sequence[str], input_size: tuple[int, int] | None, config: DecoderConfig | None) -> ModelAdapter:
-    if input_size not in (None, (416, 416)):
-        raise AdapterError(f"NanoDet-m is served at 416x416, not {input_size}")
-    return NanoDetAdapter(labels, config)
+    return NanoDetAdapter(labels, config)  # its fixed 416x416 input is checked by check_engine
 
 
 def _v5(labels: Sequence[str], input_size: tuple[int, int] | None, config: DecoderConfig | None) -> ModelAdapter:

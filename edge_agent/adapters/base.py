@@ -36,6 +36,10 @@ class ModelAdapter(Protocol):
         """Class names by class id."""
         ...
 
+    def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
+        """Raise ``AdapterError`` unless a model with this input (width, height) and these outputs fits."""
+        ...
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """BGR uint8 HxWx3 -> float32 3xHxW network input."""
         ...

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from edge_agent import nanodet
-from edge_agent.adapters.base import DecoderConfig
+from edge_agent.adapters.base import AdapterError, DecoderConfig
 from schemas import Detection
 
 
@@ -21,6 +21,14 @@ class NanoDetAdapter:
         )
         self.labels = self._decoder.labels
         self.input_size = (nanodet.INPUT_SIZE, nanodet.INPUT_SIZE)
+
+    def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
+        size = nanodet.INPUT_SIZE
+        if input_size != (size, size):
+            raise AdapterError(f"input {input_size[0]}x{input_size[1]} does not fit [batch, 3, {size}, {size}]")
+        missing = sorted(set(nanodet.OUTPUT_NAMES) - set(output_names))
+        if missing:
+            raise AdapterError(f"outputs {missing} missing: not a NanoDet-m {size} model")
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         return nanodet.preprocess(image)

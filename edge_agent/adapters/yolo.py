@@ -43,6 +43,14 @@ class _YoloAdapter:
             raise AdapterError(f"spec input size {self.spec.input_size} differs from {input_size}")
         self.output_name = output_name
 
+    def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
+        if input_size != self.input_size:
+            raise AdapterError(f"{self.model_type}: model input {input_size} is not the adapter's {self.input_size}")
+        if self.output_name is None and len(output_names) != 1:
+            raise AdapterError(f"{self.model_type}: expected one output, the model has {list(output_names)}")
+        if self.output_name is not None and self.output_name not in output_names:
+            raise AdapterError(f"{self.model_type}: output {self.output_name} not among {list(output_names)}")
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         return preprocess_with(self.spec, image)
 
