@@ -70,7 +70,7 @@ class BrokerSection(Section):
 class ModelSection(Section):
     path: Path = Field(default=DEFAULT_MODEL, description="ONNX model (or a TensorRT .plan with backend tensorrt)")
     backend: str = Field(default="onnxruntime", description="onnxruntime, pytorch or tensorrt")
-    type: str | None = Field(default=None, description="model family (nanodet, yolo-v5, yolo-ultralytics); "
+    type: str | None = Field(default=None, description="model family (nanodet, yolo-v5, yolo-ultralytics, yolox); "
                              "default: inferred from the ONNX, NanoDet for a TensorRT plan")
     labels: Path | None = Field(default=None, description="class names, one per line (default: the model's "
                                 "metadata, else coco.names)")

@@ -25,6 +25,7 @@ from edge_agent.adapters import (
     NanoDetAdapter,
     YoloUltralyticsAdapter,
     YoloV5Adapter,
+    YoloXAdapter,
     detect_model_type,
     input_size_of,
     labels_from_metadata,
@@ -240,7 +241,7 @@ def _single_output(shape: list[int | str | None], input_hw: int | str = 640) -> 
     [
         ([1, 25200, 85], "yolo-v5"),  # yolov5s 640
         ([1, 84, 8400], "yolo-ultralytics"),  # yolov8n 640
-        ([1, 8400, 85], None),  # YOLOX raw head: same shape family as v5, one anchor per cell
+        ([1, 8400, 85], "yolox"),  # one row per cell: YOLOX raw, or a decoded anchor-free head (YOLOv6)
         ([1, 300, 6], None),  # end-to-end (v10) head
         ([1, "n", 85], None),
         ([1, 85, 85], None),
@@ -248,7 +249,10 @@ def _single_output(shape: list[int | str | None], input_hw: int | str = 640) -> 
 )
 def test_ambiguous_shapes_ask_for_the_model_type(shape: list[int | str], expected: str | None) -> None:
     model = _single_output(shape)
-    if expected is not None:
+    if expected == "yolox":
+        with pytest.raises(AdapterError, match="--model-type yolox"):
+            detect_model_type(model)
+    elif expected is not None:
         assert detect_model_type(model) == expected
     else:
         with pytest.raises(AdapterError, match="--model-type"):
@@ -256,8 +260,8 @@ def test_ambiguous_shapes_ask_for_the_model_type(shape: list[int | str], expecte
 
 
 def test_unknown_model_type_names_the_known_ones() -> None:
-    with pytest.raises(AdapterError, match="nanodet, yolo-ultralytics, yolo-v5"):
-        make_adapter("yolox", [])
+    with pytest.raises(AdapterError, match="nanodet, yolo-ultralytics, yolo-v5, yolox"):
+        make_adapter("centernet", [])
 
 
 @settings(max_examples=60, deadline=None)
@@ -320,3 +324,38 @@ def test_agent_refuses_a_model_type_that_does_not_fit(yolov3_tiny: Path, short_v
     assert result.returncode == 2
     assert "does not fit [batch, 3, 416, 416]" not in result.stderr  # same input size: the outputs are what differ
     assert "not a NanoDet-m 416 model" in result.stderr and "Traceback" not in result.stderr
+
+
+def _yolox_row(box: tuple[float, float, float, float], stride: int, cls: int, classes: int) -> tuple[int, np.ndarray]:
+    """Encode an xyxy box in input pixels the way YOLOX's head emits it; returns (row index, row)."""
+    cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
+    gx, gy = int(cx // stride), int(cy // stride)
+    before = sum((640 // s) ** 2 for s in (8, 16, 32) if s < stride)
+    row = np.zeros(5 + classes, np.float32)
+    row[:5] = (cx / stride - gx, cy / stride - gy, np.log(w / stride), np.log(h / stride), 0.9)
+    row[5 + cls] = 0.8
+    return before + gy * (640 // stride) + gx, row
+
+
+def test_yolox_adapter_decodes_the_raw_head_and_the_top_left_letterbox() -> None:
+    adapter = YoloXAdapter(["a", "b", "c"], (640, 640))
+    assert isinstance(adapter, ModelAdapter) and make_adapter("yolox", ["a"], (640, 640)).model_type == "yolox"
+    height, width = 960, 1280  # scale 0.5, the image in the top 480 rows, no left/top padding
+    raw = np.zeros((1, 8400, 8), np.float32)
+    originals = {"b": (200.0, 300.0, 600.0, 700.0), "c": (700.0, 100.0, 1260.0, 900.0)}
+    for (label, box), stride in zip(originals.items(), (16, 32), strict=True):
+        index, row = _yolox_row(tuple(v / 2 for v in box), stride, "abc".index(label), 3)
+        raw[0, index] = row
+    found = adapter.decode_batch({"output": raw}, [(height, width)])[0]
+    assert sorted(d.label for d in found) == ["b", "c"]
+    for d in found:
+        assert abs(d.score - 0.72) < 1e-3
+        assert np.allclose(d.box, originals[d.label], atol=0.2), (d.box, originals[d.label])
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:] = (10, 20, 30)  # BGR
+    blob = adapter.preprocess(image)
+    assert blob.shape == (3, 640, 640)
+    assert np.allclose(blob[:, :480, :].reshape(3, -1).mean(axis=1), (10, 20, 30))  # BGR, 0..255
+    assert np.all(blob[:, 480:, :] == 114)
+    with pytest.raises(AdapterError, match="8400 cells"):
+        adapter.decode_batch({"output": raw[:, :100]}, [(height, width)])

@@ -17,7 +17,7 @@ from edge_agent.adapters.base import (
 from edge_agent.adapters.detect import detect_model_type, input_size_of, labels_from_metadata
 from edge_agent.adapters.nanodet import NanoDetAdapter
 from edge_agent.adapters.select import DEFAULT_MODEL_TYPE, adapter_for, read_onnx
-from edge_agent.adapters.yolo import YoloUltralyticsAdapter, YoloV5Adapter
+from edge_agent.adapters.yolo import YoloUltralyticsAdapter, YoloV5Adapter, YoloXAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -30,6 +30,7 @@ __all__ = [
     "PreprocessSpec",
     "YoloUltralyticsAdapter",
     "YoloV5Adapter",
+    "YoloXAdapter",
     "adapter_for",
     "detect_model_type",
     "input_size_of",
@@ -56,10 +57,15 @@ def _ultralytics(
     return YoloUltralyticsAdapter(labels, input_size or (640, 640), config)
 
 
+def _yolox(labels: Sequence[str], input_size: tuple[int, int] | None, config: DecoderConfig | None) -> ModelAdapter:
+    return YoloXAdapter(labels, input_size or (640, 640), config)
+
+
 ADAPTERS: dict[str, Callable[[Sequence[str], tuple[int, int] | None, DecoderConfig | None], ModelAdapter]] = {
     "nanodet": _nanodet,
     "yolo-v5": _v5,
     "yolo-ultralytics": _ultralytics,
+    "yolox": _yolox,
 }
 
 

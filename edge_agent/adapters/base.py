@@ -66,6 +66,7 @@ class PreprocessSpec:
 
     input_size: tuple[int, int]  # (width, height)
     letterbox: bool = True
+    centre: bool = True  # letterbox centred (darknet, ultralytics) or in the top-left corner (YOLOX)
     rgb: bool = True
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (255.0, 255.0, 255.0)
@@ -91,7 +92,7 @@ class Placement:
         return out
 
 
-def placement(height: int, width: int, input_size: tuple[int, int], letterbox: bool) -> Placement:
+def placement(height: int, width: int, input_size: tuple[int, int], letterbox: bool, centre: bool = True) -> Placement:
     """The geometry of ``letterbox_image``/stretch; a pure function of the sizes, so the decoder
     needs only the frame size to map boxes back."""
     in_w, in_h = input_size
@@ -99,6 +100,8 @@ def placement(height: int, width: int, input_size: tuple[int, int], letterbox: b
         return Placement(in_w / width, in_h / height, 0, 0)
     scale = min(in_w / width, in_h / height)
     new_w, new_h = _scaled(width, height, scale, input_size)
+    if not centre:
+        return Placement(new_w / width, new_h / height, 0, 0)
     return Placement(new_w / width, new_h / height, (in_w - new_w) // 2, (in_h - new_h) // 2)
 
 
@@ -106,10 +109,13 @@ def _scaled(width: int, height: int, scale: float, input_size: tuple[int, int]) 
     return min(input_size[0], max(1, round(width * scale))), min(input_size[1], max(1, round(height * scale)))
 
 
-def letterbox_image(image: np.ndarray, input_size: tuple[int, int], pad_value: int = 114) -> np.ndarray:
-    """Resize keeping the aspect ratio, centred on a ``pad_value`` canvas of ``input_size`` (w, h)."""
+def letterbox_image(
+    image: np.ndarray, input_size: tuple[int, int], pad_value: int = 114, centre: bool = True
+) -> np.ndarray:
+    """Resize keeping the aspect ratio onto a ``pad_value`` canvas of ``input_size`` (w, h), centred or
+    in the top-left corner."""
     h, w = image.shape[:2]
-    p = placement(h, w, input_size, letterbox=True)
+    p = placement(h, w, input_size, letterbox=True, centre=centre)
     new_w, new_h = round(w * p.scale_x), round(h * p.scale_y)
     canvas = np.full((input_size[1], input_size[0], 3), pad_value, dtype=np.uint8)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -120,7 +126,7 @@ def letterbox_image(image: np.ndarray, input_size: tuple[int, int], pad_value: i
 def preprocess_with(spec: PreprocessSpec, image: np.ndarray) -> np.ndarray:
     """BGR uint8 HxWx3 -> float32 3xHxW following ``spec``."""
     if spec.letterbox:
-        image = letterbox_image(image, spec.input_size, spec.pad_value)
+        image = letterbox_image(image, spec.input_size, spec.pad_value, spec.centre)
     # blobFromImage resizes (a no-op after the letterbox), swaps channels, subtracts the mean
     # and goes HWC -> CHW in one C++ pass.
     blob = cv2.dnn.blobFromImage(image, 1.0, spec.input_size, spec.mean, swapRB=spec.rgb, crop=False)[0]

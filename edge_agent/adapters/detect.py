@@ -53,7 +53,8 @@ def _cells(size: tuple[int, int], strides: tuple[int, ...]) -> int:
 
 
 def detect_model_type(model: Any) -> str:
-    """``nanodet``, ``yolo-v5`` or ``yolo-ultralytics`` from an ``onnx.ModelProto``; raises
+    """``nanodet``, ``yolo-v5`` or ``yolo-ultralytics`` from an ``onnx.ModelProto`` (``yolox`` shares
+    v5's shape, so it is never inferred); raises
     ``AdapterError`` when the graph does not say clearly."""
     outputs = list(model.graph.output)
     names = {o.name for o in outputs}
@@ -74,8 +75,13 @@ def detect_model_type(model: Any) -> str:
         if labels is not None and width != 4 + len(labels):
             raise AdapterError(f"output {dims} does not fit 4 + {len(labels)} classes{hint}")
         return "yolo-ultralytics"
-    # [B, N, K]: v5/v7 and converted darknet heads have 3 anchors per cell; anchor-free
-    # heads of the same shape (YOLOX) have one and are raw, so they must not pass as v5.
+    # [B, N, K]: v5/v7 and converted darknet heads have 3 anchors per cell. One row per cell is
+    # an anchor-free head: YOLOX's export leaves it raw, others (YOLOv6) decode it in the graph.
+    if rows in cells:
+        raise AdapterError(
+            f"output {dims} has one row per cell: YOLOX's raw head (--model-type yolox) or an anchor-free "
+            f"head decoded in the graph (--model-type yolo-v5){hint}"
+        )
     if rows in {_ANCHORS_PER_CELL * c for c in cells}:
         if labels is not None and width != 5 + len(labels):
             raise AdapterError(f"output {dims} does not fit 5 + {len(labels)} classes{hint}")

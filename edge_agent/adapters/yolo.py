@@ -1,9 +1,15 @@
 """YOLO heads with boxes decoded in the graph (cx, cy, w, h in input pixels):
 
 - ``yolo-v5``: ``[B, N, 5+C]`` = box, objectness, class scores (YOLOv5/v7, darknet v3/v4 converted);
-- ``yolo-ultralytics``: ``[B, 4+C, N]`` = box, class scores, no objectness (YOLOv8/v11).
+- ``yolo-ultralytics``: ``[B, 4+C, N]`` = box, class scores, no objectness (YOLOv8/v11);
 
-Both letterbox an RGB /255 input; scores are the best class (times objectness for v5).
+and the anchor-free YOLOX head as its official ONNX export leaves it:
+
+- ``yolox``: ``[B, N, 5+C]``, one row per cell of strides 8, 16, 32, box still relative to its cell
+  (x, y offsets and log w, h in stride units), objectness and class scores after their sigmoid.
+
+v5 and ultralytics letterbox (centred) an RGB /255 input; YOLOX letterboxes into the top-left corner
+and takes BGR 0..255. Scores are the best class (times objectness where there is one).
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ class _YoloAdapter:
             return []
         cxcywh = rows[keep, :4].astype(np.float32)
         xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1)
-        p = placement(height, width, self.input_size, self.spec.letterbox)
+        p = placement(height, width, self.input_size, self.spec.letterbox, self.spec.centre)
         boxes = p.to_original(xyxy, height, width)
         scores, classes = score[keep].astype(np.float32), best[keep].astype(np.int32)
         return nms_detections(boxes, scores, classes, self.labels, self.config)
@@ -106,3 +112,43 @@ class YoloUltralyticsAdapter(_YoloAdapter):
 
     def _predictions(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         return super()._predictions(outputs).transpose(0, 2, 1)
+
+
+class YoloXAdapter(_YoloAdapter):
+    """YOLOX ``[B, N, 5+C]`` raw head: boxes decoded here against the cell grid of each stride."""
+
+    model_type = "yolox"
+    has_objectness = True
+    strides = (8, 16, 32)
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        input_size: tuple[int, int] = (640, 640),
+        config: DecoderConfig | None = None,
+        spec: PreprocessSpec | None = None,
+        output_name: str | None = None,
+    ) -> None:
+        spec = spec or PreprocessSpec(input_size, centre=False, rgb=False, std=(1.0, 1.0, 1.0))
+        super().__init__(labels, input_size, config, spec, output_name)
+        cells: list[np.ndarray] = []
+        scales: list[np.ndarray] = []
+        for stride in self.strides:
+            gw, gh = input_size[0] // stride, input_size[1] // stride
+            ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+            cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+            scales.append(np.full((gw * gh, 1), stride))
+        self._cells = np.concatenate(cells).astype(np.float32)
+        self._strides = np.concatenate(scales).astype(np.float32)
+
+    def _predictions(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        raw = super()._predictions(outputs)
+        if raw.shape[1] != self._cells.shape[0]:
+            raise AdapterError(
+                f"yolox: {raw.shape[1]} rows, but a {self.input_size} input has {self._cells.shape[0]} cells "
+                f"at strides {self.strides}"
+            )
+        rows = raw.astype(np.float32, copy=True)
+        rows[..., :2] = (raw[..., :2] + self._cells) * self._strides
+        rows[..., 2:4] = np.exp(raw[..., 2:4]) * self._strides
+        return rows
