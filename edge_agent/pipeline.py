@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from edge_agent.adapters import ModelAdapter
+from edge_agent.adapters import AdapterError, ModelAdapter
 from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SourceError, SwapError
 from edge_agent.frames import Batch, Frame
@@ -211,6 +211,12 @@ class Pipeline:
         new_engine = engine or current.engine
         new_size = batch_size or current.batch_size
         self._check_batch_size(new_engine, new_size)
+        if engine is not None:
+            try:  # another model family would need another adapter: refuse, nothing changes
+                self.decoder.check_engine(engine.input_size, engine.output_names)
+            except AdapterError as exc:
+                family = self.decoder.model_type
+                raise SwapError(f"engine {engine.path} does not fit the {family} adapter: {exc}") from exc
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if current.switched is not None and not current.switched.done():
             current.switched.cancel()  # superseded before it took effect

@@ -33,8 +33,10 @@ from edge_agent.adapters import (
     make_adapter,
     placement,
 )
-from edge_agent.engines import run_padded
+from edge_agent.engines import load_engine, run_padded
+from edge_agent.errors import SwapError
 from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
+from edge_agent.pipeline import Pipeline
 from model_registry.darknet import convert_files
 from schemas import Detection, FrameDetections
 from tests.conftest import IMAGES, LABELS, MODEL
@@ -359,3 +361,15 @@ def test_yolox_adapter_decodes_the_raw_head_and_the_top_left_letterbox() -> None
     assert np.all(blob[:, 480:, :] == 114)
     with pytest.raises(AdapterError, match="8400 cells"):
         adapter.decode_batch({"output": raw[:, :100]}, [(height, width)])
+
+
+async def test_pipeline_refuses_an_engine_of_another_family(engine, decoder, yolov3_tiny: Path) -> None:
+    """A swap to a model the serving adapter cannot decode is refused before anything changes."""
+    pipeline = Pipeline([], engine, decoder)
+    yolo = load_engine(yolov3_tiny)
+    try:
+        with pytest.raises(SwapError, match="not a NanoDet-m 416 model"):
+            pipeline.switch(engine=yolo)
+        assert pipeline.serving.engine is engine
+    finally:
+        yolo.close()
