@@ -170,10 +170,24 @@ def convert(cfg_text: str, weights: bytes, labels: list[str] | None = None) -> o
 
 
 def convert_files(cfg: str | Path, weights: str | Path, names: str | Path | None = None) -> onnx.ModelProto:
-    labels = None
-    if names is not None:
-        labels = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
-    return convert(Path(cfg).read_text(), Path(weights).read_bytes(), labels)
+    try:
+        labels = None
+        if names is not None:
+            labels = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
+        cfg_text, data = Path(cfg).read_text(), Path(weights).read_bytes()
+    except OSError as exc:
+        raise DarknetError(f"{exc.filename}: {exc.strerror}") from exc
+    return convert(cfg_text, data, labels)
+
+
+def save_converted(cfg: str | Path, weights: str | Path, names: str | Path | None, out: str | Path) -> int:
+    """Convert and write ``out``; returns the number of classes."""
+    model = convert_files(cfg, weights, names)
+    try:
+        onnx.save(model, str(out))
+    except OSError as exc:
+        raise DarknetError(f"{out}: {exc.strerror}") from exc
+    return int(model.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
 
 
 def _conv(b: _Builder, w: _Weights, s: Section, x: _Tensor) -> _Tensor:

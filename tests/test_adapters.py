@@ -373,3 +373,16 @@ async def test_pipeline_refuses_an_engine_of_another_family(engine, decoder, yol
         assert pipeline.serving.engine is engine
     finally:
         yolo.close()
+
+
+def test_registry_cli_converts_darknet(tmp_path: Path, yolov3_tiny: Path) -> None:
+    out = tmp_path / "y.onnx"
+    files = [str(yolov3_tiny.parent / n) for n in DARKNET_FILES[:2]]
+    cmd = [sys.executable, "-m", "model_registry.cli", "convert-darknet", *files, "--out", str(out)]
+    done = subprocess.run([*cmd, "--names", str(yolov3_tiny.parent / "coco.names")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "80 classes" in done.stdout
+    assert detect_model_type(onnx.load(str(out))) == "yolo-v5"
+    missing = subprocess.run([*cmd[:4], "/no/such.cfg", files[1], "--out", str(out)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "/no/such.cfg: No such file or directory" in missing.stderr
