@@ -386,3 +386,91 @@ def test_registry_cli_converts_darknet(tmp_path: Path, yolov3_tiny: Path) -> Non
     missing = subprocess.run([*cmd[:4], "/no/such.cfg", files[1], "--out", str(out)], capture_output=True, text=True)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "/no/such.cfg: No such file or directory" in missing.stderr
+
+
+class AdapterContract:
+    """What every adapter promises; one subclass per family (FastStream-style contract tests)."""
+
+    def make(self) -> ModelAdapter:
+        raise NotImplementedError
+
+    def outputs(self, batch: int) -> dict[str, np.ndarray]:
+        """Outputs of the family's shape for ``batch`` images, with nothing detected."""
+        raise NotImplementedError
+
+    def output_names(self) -> list[str]:
+        return list(self.outputs(1))
+
+    def test_is_a_model_adapter_registered_under_its_type(self) -> None:
+        adapter = self.make()
+        assert isinstance(adapter, ModelAdapter)
+        again = make_adapter(adapter.model_type, adapter.labels, adapter.input_size)
+        assert type(again) is type(adapter) and again.input_size == adapter.input_size
+
+    @pytest.mark.parametrize("shape", [(37, 53, 3), (480, 640, 3), (1080, 720, 3)])
+    def test_preprocess_gives_the_network_input(self, shape: tuple[int, int, int]) -> None:
+        adapter = self.make()
+        image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        blob = adapter.preprocess(image)
+        width, height = adapter.input_size
+        assert blob.shape == (3, height, width) and blob.dtype == np.float32
+        assert np.isfinite(blob).all()
+
+    def test_nothing_detected_and_padded_rows_ignored(self) -> None:
+        adapter = self.make()
+        assert adapter.decode_batch(self.outputs(3), [(480, 640), (100, 200)]) == [[], []]
+
+    def test_check_engine_accepts_its_own_model_and_refuses_another_size(self) -> None:
+        adapter = self.make()
+        adapter.check_engine(adapter.input_size, self.output_names())
+        with pytest.raises(AdapterError):
+            adapter.check_engine((320, 320), self.output_names())
+
+
+COCO = [f"c{i}" for i in range(80)]
+
+
+class TestNanoDetContract(AdapterContract):
+    def make(self) -> ModelAdapter:
+        return NanoDetAdapter(COCO)
+
+    def outputs(self, batch: int) -> dict[str, np.ndarray]:
+        out = {}
+        for stride in (8, 16, 32):
+            cells = (416 // stride) ** 2
+            out[f"cls_s{stride}"] = np.zeros((batch, cells, 80), np.float32)
+            out[f"reg_s{stride}"] = np.zeros((batch, cells, 44), np.float32)
+        return out
+
+
+class TestYoloV5Contract(AdapterContract):
+    def make(self) -> ModelAdapter:
+        return YoloV5Adapter(COCO, (416, 416))
+
+    def outputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"output": np.zeros((batch, 2535, 85), np.float32)}
+
+
+class TestYoloUltralyticsContract(AdapterContract):
+    def make(self) -> ModelAdapter:
+        return YoloUltralyticsAdapter(COCO, (640, 384))
+
+    def outputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"output0": np.zeros((batch, 84, 5040), np.float32)}
+
+
+class TestYoloXContract(AdapterContract):
+    def make(self) -> ModelAdapter:
+        return YoloXAdapter(COCO, (640, 640))
+
+    def outputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"output": np.zeros((batch, 8400, 85), np.float32)}
+
+
+def test_an_ultralytics_model_of_another_task_is_refused() -> None:
+    model = _single_output([1, 56, 8400])  # yolov8n-pose: would pass for 52 classes by shape alone
+    helper.set_model_props(model, {"task": "pose", "names": "{0: 'person'}"})
+    with pytest.raises(AdapterError, match="task 'pose'"):
+        detect_model_type(model)
+    helper.set_model_props(model, {"task": "detect", "names": repr({i: f"c{i}" for i in range(52)})})
+    assert detect_model_type(model) == "yolo-ultralytics"

@@ -61,6 +61,9 @@ def detect_model_type(model: Any) -> str:
     if set(nanodet.OUTPUT_NAMES) <= names:
         return "nanodet"
     hint = "; give the model type with --model-type"
+    task = {p.key: p.value for p in model.metadata_props}.get("task")
+    if task not in (None, "detect"):  # ultralytics writes its task: segment, pose, obb and classify differ
+        raise AdapterError(f"the model's metadata says task {task!r}; only detection models are served")
     if len(outputs) != 1:
         raise AdapterError(f"{len(outputs)} outputs {sorted(names)}: not a known single-head layout{hint}")
     dims = _dims(outputs[0])
