@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.adapters import ADAPTERS, AdapterError, ModelAdapter, adapter_for
 from edge_agent.config import (
     DEFAULT_CACHE,
     DEFAULT_MODEL,
@@ -25,7 +26,7 @@ from edge_agent.config import (
 from edge_agent.console import StatusLine, print_profile, print_summary, status_line
 from edge_agent.engines import BACKENDS, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import DetectionFilter, FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
@@ -80,6 +81,16 @@ def host_port(text: str) -> str:
     return text
 
 
+def adapter_of(engine: InferenceEngine, model_type: str | None, labels: list[str] | None,
+               fallback_labels: list[str]) -> ModelAdapter:
+    """The model adapter for ``engine`` (``--model-type``, else inferred), its errors as the model's."""
+    try:
+        return adapter_for(Path(engine.path), engine.input_size, engine.output_names, model_type, labels,
+                           fallback_labels)
+    except AdapterError as exc:
+        raise ModelError(engine.path, str(exc)) from exc
+
+
 def load_labels_for(model: Path, labels: Path | None) -> list[str]:
     path = labels or (model.parent / "coco.names" if (model.parent / "coco.names").exists() else DEFAULT_LABELS)
     if not path.exists():
@@ -104,7 +115,11 @@ def add_run_args(run: argparse.ArgumentParser) -> None:
                      help="onnxruntime (CPU, or its CUDA/TensorRT providers; default), pytorch (the ONNX through "
                      "onnx2torch, on CUDA if present), tensorrt (--model is a .plan); registry engines always "
                      "run on TensorRT")
-    run.add_argument("--labels", type=Path, default=S, help="class names, one per line (default: coco.names)")
+    run.add_argument("--model-type", default=S, choices=sorted(ADAPTERS),
+                     help="model family; default: inferred from the ONNX (output names, shapes, metadata), "
+                     "NanoDet for a TensorRT plan")
+    run.add_argument("--labels", type=Path, default=S,
+                     help="class names, one per line (default: the model's metadata, else coco.names)")
     run.add_argument("--batch-size", type=bounded_int(1, 1024), default=S,
                      help="initial batch size (default 4; standalone with admission control, the best size for the "
                      "admitted streams)")
@@ -191,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                           parents=[common])
     prof.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     prof.add_argument("--labels", type=Path, default=None)
+    prof.add_argument("--model-type", default=None, choices=sorted(ADAPTERS),
+                      help="model family (default: inferred from the ONNX)")
     prof.add_argument("--source", default=str(DEFAULT_VIDEO), help="video to take frames from")
     prof.add_argument("--batch-sizes", type=batch_list, default=[1, 2, 4, 8, 16], help="e.g. 1,2,4,8,16")
     prof.add_argument("--fps", type=bounded_float(0, 1000), default=None, help="input rate for the real-time condition "
@@ -229,7 +246,8 @@ async def run_command(args: argparse.Namespace) -> int:
             broker_settings(args)  # a clash or an unreadable secret: say so before loading anything
         except ValueError as exc:
             raise EdgeAgentError(str(exc)) from None
-    labels = load_labels_for(args.model, args.labels)
+    given_labels = load_labels_for(args.model, args.labels) if args.labels else None
+    fallback_labels = load_labels_for(args.model, None)
     probe = auto_probe()
     swapper = None
     model_name, model_version, artifact_sha = args.model.stem, "local", None
@@ -268,7 +286,7 @@ async def run_command(args: argparse.Namespace) -> int:
     config = PipelineConfig(
         batch_size=batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
     )
-    decoder = NanoDetDecoder(labels)
+    decoder = adapter_of(engine, args.model_type, given_labels, fallback_labels)
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
     pipeline.detection_filters.update(pipeline_filters)
@@ -352,7 +370,7 @@ async def start_metrics(address: str | None, pipeline: Pipeline, probe: Resource
 
 
 async def start_roster(args: argparse.Namespace, pipeline: Pipeline, engine: InferenceEngine,
-                       decoder: NanoDetDecoder, overlap: bool, adapt_batch_size: bool) -> StreamRoster:
+                       decoder: ModelAdapter, overlap: bool, adapt_batch_size: bool) -> StreamRoster:
     """Admission control over the streams given: the device profile, then each stream admitted or parked."""
     if not 0 < args.headroom <= 1:
         raise EdgeAgentError(f"--headroom must be in (0, 1], got {args.headroom}")
@@ -407,7 +425,8 @@ def profile_command(args: argparse.Namespace) -> int:
 
     if args.json:
         writable(args.json, "--json")
-    labels = load_labels_for(args.model, args.labels)
+    given_labels = load_labels_for(args.model, args.labels) if args.labels else None
+    fallback_labels = load_labels_for(args.model, None)
     engine_for = None
     model_label, backend_label = str(args.model), args.backend
     if args.registry:
@@ -423,11 +442,16 @@ def profile_command(args: argparse.Namespace) -> int:
         first = next(iter(picked.values()))[1]
         model_label = f"{first.name} {first.version} from {args.registry}"
         backend_label = "+".join(sorted({swapper.backend_for(info) for _, info in picked.values()}))
+        engine, _ = engine_for(min(picked))
     else:
-        load_engine(args.model, args.backend).close()  # fail fast with a clear error on a bad model
+        engine = load_engine(args.model, args.backend)  # fail fast with a clear error on a bad model
+    try:
+        decoder = adapter_of(engine, args.model_type, given_labels, fallback_labels)
+    finally:
+        engine.close()
     probe = auto_probe()
     report = run_profile(
-        args.model, args.source, args.batch_sizes, NanoDetDecoder(labels), probe, fps=args.fps,
+        args.model, args.source, args.batch_sizes, decoder, probe, fps=args.fps,
         batches=args.batches, backend=args.backend, progress=lambda m: print(m, file=sys.stderr),
         engine_for=engine_for,
     )

@@ -70,11 +70,23 @@ class BrokerSection(Section):
 class ModelSection(Section):
     path: Path = Field(default=DEFAULT_MODEL, description="ONNX model (or a TensorRT .plan with backend tensorrt)")
     backend: str = Field(default="onnxruntime", description="onnxruntime, pytorch or tensorrt")
-    labels: Path | None = Field(default=None, description="class names, one per line (default: coco.names)")
+    type: str | None = Field(default=None, description="model family (nanodet, yolo-v5, yolo-ultralytics, yolox); "
+                             "default: inferred from the ONNX, NanoDet for a TensorRT plan")
+    labels: Path | None = Field(default=None, description="class names, one per line (default: the model's "
+                                "metadata, else coco.names)")
     registry: str | None = Field(default=None, description="a directory or mongodb://...: engines come from it")
     name: str | None = Field(default=None, description="model to serve from the registry")
     version: str = Field(default="latest", description="version to serve from the registry")
     cache_dir: Path = Field(default=DEFAULT_CACHE, description="artifact cache")
+
+    @field_validator("type")
+    @classmethod
+    def _known_model_type(cls, value: str | None) -> str | None:
+        from edge_agent.adapters import ADAPTERS
+
+        if value is not None and value not in ADAPTERS:
+            raise ValueError(f"unknown model type {value!r}; known: {', '.join(sorted(ADAPTERS))}")
+        return value
 
 
 class PipelineSection(Section):
@@ -205,6 +217,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "client_key": ("broker.client_key", "--client-key"),
     "model": ("model.path", "--model"),
     "backend": ("model.backend", "--backend"),
+    "model_type": ("model.type", "--model-type"),
     "labels": ("model.labels", "--labels"),
     "registry": ("model.registry", "--registry"),
     "model_name": ("model.name", "--model-name"),

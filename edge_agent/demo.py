@@ -16,10 +16,11 @@ from rich.console import Console
 from cloud_controller.controller import Controller
 from cloud_controller.policies import make_policy
 from cloud_controller.web import FleetServer
+from edge_agent.adapters import ModelAdapter, NanoDetAdapter
 from edge_agent.agent import Agent
 from edge_agent.console import make_console, print_summary
 from edge_agent.engines import InferenceEngine
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.profiler import profile_batch_size, read_frames
@@ -51,7 +52,7 @@ async def prepare_registry(registry: str | None, model: Path, workdir: Path,
     return EngineSwapper(store, ArtifactCache(workdir / "cache"), local_device_target()), name
 
 
-def streams_for_load(engine: InferenceEngine, decoder: NanoDetDecoder, video: Path,
+def streams_for_load(engine: InferenceEngine, decoder: ModelAdapter, video: Path,
                      target_load: float = 0.6) -> tuple[int, float, float]:
     """How many streams of ``video`` load this device to about ``target_load``: measures pre + infer + post
     of a few real frames at the size the engine serves (a static engine pads a smaller batch: timing one
@@ -98,7 +99,7 @@ async def run_demo(model: Path, labels: Path, video: Path, streams: int | None, 
         say(f"controller ({policy}); fleet view http://127.0.0.1:{await fleet.start()}/ (Prometheus on /metrics)")
         info = await swapper.resolve(name, "latest", initial_batch)
         engine, _ = await swapper.load(info, initial_batch, auto_probe())
-        decoder = NanoDetDecoder(load_labels(labels))
+        decoder = NanoDetAdapter(load_labels(labels))
         if streams is None:
             streams, per_frame, fps = await asyncio.to_thread(streams_for_load, engine, decoder, video)
             say(f"this device: {per_frame:.0f} ms per frame at batch {initial_batch} -> {streams} stream(s) of "

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from edge_agent.adapters import AdapterError, ModelAdapter
 from edge_agent.engines import InferenceEngine, stack_padded
 from edge_agent.errors import SourceError, SwapError
 from edge_agent.frames import Batch, Frame
-from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
+from edge_agent.nanodet import is_valid_image
 from edge_agent.sources import Backoff, SourceHealth, VideoSource, monotonic_to_wall, one_line, redact
 from edge_agent.stats import PipelineStats
 from schemas import Detection, RunSummary
@@ -125,7 +126,7 @@ class Pipeline:
         self,
         sources: Sequence[VideoSource],
         engine: InferenceEngine,
-        decoder: NanoDetDecoder,
+        decoder: ModelAdapter,
         config: PipelineConfig | None = None,
         sinks: Sequence[FrameSink] = (),
         model: str = "nanodet-m-416-coco",
@@ -213,6 +214,12 @@ class Pipeline:
         new_engine = engine or current.engine
         new_size = batch_size or current.batch_size
         self._check_batch_size(new_engine, new_size)
+        if engine is not None:
+            try:  # another model family would need another adapter: refuse, nothing changes
+                self.decoder.check_engine(engine.input_size, engine.output_names)
+            except AdapterError as exc:
+                family = self.decoder.model_type
+                raise SwapError(f"engine {engine.path} does not fit the {family} adapter: {exc}") from exc
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if current.switched is not None and not current.switched.done():
             current.switched.cancel()  # superseded before it took effect
@@ -497,7 +504,7 @@ class Pipeline:
                 log.warning("stream %s frame %d is not a valid image; skipped", item.stream_id, item.seq)
                 continue
             item.t_pre_start = time.monotonic()
-            item.tensor = await loop.run_in_executor(self._pre_pool, preprocess, item.image)
+            item.tensor = await loop.run_in_executor(self._pre_pool, self.decoder.preprocess, item.image)
             item.t_pre_end = time.monotonic()
             await self._ready.put(item)
 

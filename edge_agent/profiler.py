@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psutil
 
+from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import InferenceEngine, load_engine, run_padded
 from edge_agent.frames import Batch
-from edge_agent.nanodet import NanoDetDecoder, preprocess
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
 from schemas import ProfileReport, ProfileRow
@@ -65,7 +65,7 @@ def read_frames(uri: str, count: int) -> tuple[list[np.ndarray], float]:
 
 
 def profile_batch_size(
-    engine: InferenceEngine, decoder: NanoDetDecoder, frames: list[np.ndarray], batch_size: int, batches: int
+    engine: InferenceEngine, decoder: ModelAdapter, frames: list[np.ndarray], batch_size: int, batches: int
 ) -> tuple[float, float, float]:
     """Mean (pre_ms, infer_ms, post_ms) per batch over ``batches`` batches after one warm-up."""
     pre_t: list[float] = []
@@ -81,11 +81,11 @@ def profile_batch_size(
     return (float(np.mean(pre_t)) * 1000, float(np.mean(infer_t)) * 1000, float(np.mean(post_t)) * 1000)
 
 
-def time_stages(engine: InferenceEngine, decoder: NanoDetDecoder, images: list[np.ndarray]) -> tuple[float, float,
+def time_stages(engine: InferenceEngine, decoder: ModelAdapter, images: list[np.ndarray]) -> tuple[float, float,
                                                                                                      float]:
     """Run one batch sequentially; seconds spent in (preprocess, inference, decode + NMS)."""
     t0 = time.perf_counter()
-    tensor = np.stack([preprocess(im) for im in images])
+    tensor = np.stack([decoder.preprocess(im) for im in images])
     t1 = time.perf_counter()
     outputs = run_padded(engine, tensor)
     t2 = time.perf_counter()
@@ -97,7 +97,7 @@ def run_profile(
     model: str | Path,
     source: str,
     batch_sizes: list[int],
-    decoder: NanoDetDecoder,
+    decoder: ModelAdapter,
     probe: ResourceProbe,
     fps: float | None = None,
     batches: int = 8,
@@ -164,7 +164,7 @@ def run_profile(
 
 async def measure_pipeline_profile(
     engine: InferenceEngine,
-    decoder: NanoDetDecoder,
+    decoder: ModelAdapter,
     uri: str,
     batch_sizes: list[int],
     batches: int = 3,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.adapters import ModelAdapter
 from edge_agent.admission import (
     DEFAULT_HEADROOM,
     BatchCost,
@@ -25,7 +26,6 @@ from edge_agent.admission import (
 from edge_agent.engines import InferenceEngine
 from edge_agent.errors import EdgeAgentError, SourceError
 from edge_agent.frames import Batch
-from edge_agent.nanodet import NanoDetDecoder
 from edge_agent.pipeline import Pipeline, ServingConfig
 from edge_agent.sources import VideoSource
 from edge_agent.stats import StreamCounts
@@ -368,7 +368,7 @@ def admission_sizes(engine: InferenceEngine, requested: list[int] | None = None)
     return sorted(s for s in served if requested is None or s in requested) or sorted(served)
 
 
-async def load_device_profile(engine: InferenceEngine, decoder: NanoDetDecoder, first_source: str, sizes: list[int],
+async def load_device_profile(engine: InferenceEngine, decoder: ModelAdapter, first_source: str, sizes: list[int],
                               profile_path: Path | None = None, overlap: bool = False,
                               progress: Callable[[str], None] = lambda _m: None) -> DeviceProfile:
     """The profile admission starts from: ``edge-agent profile --json`` output, or a short measurement on the

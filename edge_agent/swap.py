@@ -19,7 +19,6 @@ import numpy as np
 
 from edge_agent.engines import FORMAT_BACKEND, InferenceEngine, load_engine, run_padded
 from edge_agent.errors import OrderRefused
-from edge_agent.nanodet import INPUT_SIZE
 from edge_agent.probes import ResourceProbe
 from model_registry.artifacts import ArtifactQuery, latest_version, pick_artifact, sha256_file, target_matches
 from model_registry.errors import RegistryError
@@ -136,7 +135,8 @@ class MemoryGuard:
 
 
 def warm_up(engine: InferenceEngine, batch_size: int) -> None:
-    run_padded(engine, np.zeros((batch_size, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
+    width, height = engine.input_size
+    run_padded(engine, np.zeros((batch_size, 3, height, width), dtype=np.float32))
 
 
 class EngineSwapper:

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--fp16", action="store_true")
     build.add_argument("--profiles", action="store_true", help="one engine, an optimization profile per size")
     build.add_argument("--workdir", type=Path, default=Path("build/engines"))
+    darknet = sub.add_parser("convert-darknet", help="darknet .cfg + .weights -> ONNX (yolo layers decoded in the "
+                             "graph: a [B, N, 5+C] head, served as --model-type yolo-v5)")
+    darknet.add_argument("cfg", type=Path)
+    darknet.add_argument("weights", type=Path)
+    darknet.add_argument("--names", type=Path, default=None, help="class names, one per line: stored as metadata")
+    darknet.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     return p
 
 
@@ -163,6 +169,12 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "convert-darknet":  # a local conversion: no store to open
+            from model_registry.darknet import save_converted
+
+            classes = save_converted(args.cfg, args.weights, args.names, args.out)
+            print(f"wrote {args.out} ({classes} classes)")
+            return 0
         return asyncio.run(run(args))
     except (RegistryError, ConnectionError, ValueError) as exc:
         print(f"model-registry: error: {exc}", file=sys.stderr)

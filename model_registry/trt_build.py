@@ -18,8 +18,6 @@ from model_registry.export import inspect_onnx
 from model_registry.registry import Registry
 from schemas import ArtifactInfo, ArtifactTarget
 
-INPUT_CHW = (3, 416, 416)
-
 
 def target_from_facts(facts: dict[str, str]) -> ArtifactTarget:
     return ArtifactTarget(platform=facts["platform"], sm=facts["sm"], tensorrt=facts["tensorrt"], cuda=facts["cuda"])
@@ -64,13 +62,17 @@ def _build_plan(trt: Any, source: Path, input_name: str, sizes: list[int], fp16_
     if not parser.parse(source.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RegistryError(f"{source}: TensorRT cannot parse it: {errors}")
+    # The model's own C, H, W (NanoDet 416, YOLO 640, ...): only the batch axis varies per profile.
+    chw = tuple(int(d) for d in network.get_input(0).shape)[1:]
+    if any(d <= 0 for d in chw):
+        raise RegistryError(f"{source}: input {input_name} needs a fixed channels, height and width, has {chw}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
     if fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     for size in sizes:
         profile = builder.create_optimization_profile()
-        shape = (size, *INPUT_CHW)
+        shape = (size, *chw)
         profile.set_shape(input_name, shape, shape, shape)
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)

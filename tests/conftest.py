@@ -10,8 +10,9 @@ from pathlib import Path
 import cv2
 import pytest
 
+from edge_agent.adapters import ModelAdapter, NanoDetAdapter
 from edge_agent.engines import InferenceEngine, load_engine
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
 from tests.mongo_server import MongoServer
 
@@ -29,8 +30,8 @@ def engine() -> InferenceEngine:
 
 
 @pytest.fixture(scope="session")
-def decoder() -> NanoDetDecoder:
-    return NanoDetDecoder(load_labels(LABELS))
+def decoder() -> ModelAdapter:
+    return NanoDetAdapter(load_labels(LABELS))
 
 
 @pytest.fixture(scope="session")

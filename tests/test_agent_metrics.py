@@ -9,10 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from edge_agent.adapters import ModelAdapter
 from edge_agent.agent import Agent
 from edge_agent.engines import InferenceEngine
 from edge_agent.metrics import STAGE_BUCKETS_S, AgentMetrics
-from edge_agent.nanodet import NanoDetDecoder
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
@@ -34,13 +34,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 60.0, w
         await asyncio.sleep(0.2)
 
 
-async def pipeline_of(video: Path, engine: InferenceEngine, decoder: NanoDetDecoder, streams: int) -> Pipeline:
+async def pipeline_of(video: Path, engine: InferenceEngine, decoder: ModelAdapter, streams: int) -> Pipeline:
     sources = await open_sources([str(video)] * streams, fps=6, loop=True)
     return Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2, realtime=True))
 
 
 async def test_stream_series_come_and_go_counters_grow_and_health_follows_the_pipeline(
-        short_video: Path, engine: InferenceEngine, decoder: NanoDetDecoder) -> None:
+        short_video: Path, engine: InferenceEngine, decoder: ModelAdapter) -> None:
     pipeline = await pipeline_of(short_video, engine, decoder, streams=2)
     server = MetricsServer(AgentMetrics(pipeline, HostProbe()), port=0)
     port = await server.start()
@@ -113,7 +113,7 @@ async def test_stream_series_come_and_go_counters_grow_and_health_follows_the_pi
 
 
 async def test_orders_by_outcome_the_broker_state_and_the_announced_address(
-        broker: LocalBroker, prefix: str, short_video: Path, engine: InferenceEngine, decoder: NanoDetDecoder) -> None:
+        broker: LocalBroker, prefix: str, short_video: Path, engine: InferenceEngine, decoder: ModelAdapter) -> None:
     pipeline = await pipeline_of(short_video, engine, decoder, streams=1)
     settings = AgentSettings(broker_url=broker.url, agent_id="cam1", prefix=prefix, telemetry_interval_s=0.5)
     agent = Agent(pipeline, HostProbe(), settings)

@@ -51,10 +51,15 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], expected: str) -> Non
 
 
 def test_model_whose_input_does_not_fit(tmp_path: Path) -> None:
-    result = edge_agent("run", "--model", str(wrong_input_model(tmp_path / "small.onnx")))
+    model = wrong_input_model(tmp_path / "small.onnx")
+    result = edge_agent("run", "--model", str(model), "--model-type", "nanodet")
     assert result.returncode == 2
     assert "does not fit [batch, 3, 416, 416]" in result.stderr
     assert "Traceback" not in result.stderr
+    unknown = edge_agent("run", "--model", str(model))  # nothing to infer the family from
+    assert unknown.returncode == 2
+    assert "give the model type with --model-type" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
 
 
 def test_run_writes_summary_and_detections(tmp_path: Path, short_video: Path) -> None:

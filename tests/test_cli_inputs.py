@@ -64,6 +64,8 @@ AGENT_CASES = [
     (["run", "--registry", "./empty-registry", "--model-name", "x"], "unknown model 'x'"),
     (["run", "--registry", "./empty-registry"], "--registry needs --model-name"),
     (["run", "--backend", "tflite"], "invalid choice: 'tflite'"),
+    (["run", "--model-type", "centernet"], "invalid choice: 'centernet'"),
+    (["profile", "--model-type", "centernet"], "invalid choice: 'centernet'"),
     (["run", "--config", "/no/agent.yml"], "--config: /no/agent.yml: No such file or directory"),
     (["config", "--config", "/no/agent.yml"], "--config: /no/agent.yml: No such file or directory"),
     (["run", "--metrics", "nowhere"], "argument --metrics: 'nowhere' must be HOST:PORT"),

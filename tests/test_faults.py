@@ -23,9 +23,9 @@ import pytest
 
 from cloud_controller.controller import Controller
 from cloud_controller.policies import make_policy
+from edge_agent.adapters import ModelAdapter
 from edge_agent.agent import Agent
 from edge_agent.engines import InferenceEngine
-from edge_agent.nanodet import NanoDetDecoder
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
@@ -54,7 +54,7 @@ def streaming_agent(url: str, prefix: str, pipeline: Pipeline, swapper: EngineSw
     return agent
 
 
-async def realtime_pipeline(engine: InferenceEngine, decoder: NanoDetDecoder, video: Path, batch_size: int = 1,
+async def realtime_pipeline(engine: InferenceEngine, decoder: ModelAdapter, video: Path, batch_size: int = 1,
                             artifact: ArtifactInfo | None = None) -> Pipeline:
     """One 10 fps stream, looped, paced in real time; ``artifact``: the registry artifact ``engine`` came from."""
     sources = await open_sources([str(video)], fps=10, loop=True)

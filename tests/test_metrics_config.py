@@ -17,10 +17,10 @@ import yaml
 from cloud_controller.controller import Controller
 from cloud_controller.policies import Kum2022Policy
 from cloud_controller.web import FleetServer
+from edge_agent.adapters import ModelAdapter
 from edge_agent.agent import Agent
 from edge_agent.engines import InferenceEngine
 from edge_agent.metrics import AgentMetrics
-from edge_agent.nanodet import NanoDetDecoder
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
@@ -124,7 +124,7 @@ def test_promtool_parses_every_query_of_the_dashboard(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
-async def served_metrics(video: Path, engine: InferenceEngine, decoder: NanoDetDecoder) -> tuple[set[str], Samples]:
+async def served_metrics(video: Path, engine: InferenceEngine, decoder: ModelAdapter) -> tuple[set[str], Samples]:
     """Every series name a real agent (with its MQTT side) and a real controller list on /metrics."""
     sources = await open_sources([str(video)], loop=True)
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2))
@@ -147,7 +147,7 @@ async def served_metrics(video: Path, engine: InferenceEngine, decoder: NanoDetD
 
 
 async def test_the_dashboard_names_only_metrics_that_are_served(short_video: Path, engine: InferenceEngine,
-                                                                decoder: NanoDetDecoder) -> None:
+                                                                decoder: ModelAdapter) -> None:
     names, samples = await served_metrics(short_video, engine, decoder)
     labels: dict[str, set[str]] = {}
     for name, label_set in samples:

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import run_padded
 from edge_agent.nanodet import NanoDetDecoder, is_valid_image, preprocess
 from schemas import Detection
@@ -29,7 +30,7 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union
 
 
-def detect(engine, decoder: NanoDetDecoder, images: list[np.ndarray]) -> list[list[Detection]]:
+def detect(engine, decoder: ModelAdapter | NanoDetDecoder, images: list[np.ndarray]) -> list[list[Detection]]:
     outputs = run_padded(engine, np.stack([preprocess(im) for im in images]))
     return decoder.decode_batch(outputs, [im.shape[:2] for im in images])
 

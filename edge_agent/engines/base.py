@@ -8,7 +8,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from edge_agent.errors import ModelError
-from edge_agent.nanodet import INPUT_SIZE, OUTPUT_NAMES
 
 
 @runtime_checkable
@@ -17,6 +16,8 @@ class InferenceEngine(Protocol):
 
     backend: str
     path: str
+    input_size: tuple[int, int]  # (width, height) of the network input
+    output_names: list[str]
 
     @property
     def batch_sizes(self) -> frozenset[int] | None:
@@ -24,7 +25,7 @@ class InferenceEngine(Protocol):
         ...
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run a float32 [B, 3, 416, 416] batch; return the NanoDet output tensors by name."""
+        """Run a float32 [B, 3, H, W] batch; return the output tensors by name (the adapter decodes them)."""
         ...
 
     def memory_bytes(self) -> int | None:
@@ -71,15 +72,13 @@ def check_model_path(path: str | Path) -> Path:
     return p
 
 
-def check_io(path: str, input_shape: list[object], output_names: list[str]) -> frozenset[int] | None:
-    """Validate that a model fits the NanoDet decoder; return its static batch size if any."""
+def check_io(path: str, input_shape: list[object]) -> tuple[frozenset[int] | None, tuple[int, int]]:
+    """Validate that a model takes one image batch [batch, 3, H, W] of a fixed size; return its static
+    batch size if any and (W, H). Whether its outputs fit is the model adapter's check."""
     if len(input_shape) != 4:
-        raise ModelError(path, f"input has rank {len(input_shape)}, expected [batch, 3, {INPUT_SIZE}, {INPUT_SIZE}]")
+        raise ModelError(path, f"input has rank {len(input_shape)}, expected [batch, 3, height, width]")
     _, c, h, w = input_shape
-    if (c, h, w) != (3, INPUT_SIZE, INPUT_SIZE):
-        raise ModelError(path, f"input shape {input_shape} does not fit [batch, 3, {INPUT_SIZE}, {INPUT_SIZE}]")
-    missing = sorted(set(OUTPUT_NAMES) - set(output_names))
-    if missing:
-        raise ModelError(path, f"outputs {missing} missing: not a NanoDet-m 416 model")
+    if c != 3 or not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise ModelError(path, f"input shape {input_shape} does not fit [batch, 3, height, width] with a fixed size")
     batch = input_shape[0]
-    return frozenset({batch}) if isinstance(batch, int) and batch > 0 else None
+    return (frozenset({batch}) if isinstance(batch, int) and batch > 0 else None), (w, h)

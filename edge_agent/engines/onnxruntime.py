@@ -66,8 +66,8 @@ class OnnxRuntimeEngine:
         if len(inputs) != 1:
             raise ModelError(self.path, f"expected one input, found {len(inputs)}")
         self._input_name = inputs[0].name
-        self._output_names = [o.name for o in self._session.get_outputs()]
-        self._batch_sizes = check_io(self.path, list(inputs[0].shape), self._output_names)
+        self._output_names = self.output_names = [o.name for o in self._session.get_outputs()]
+        self._batch_sizes, self.input_size = check_io(self.path, list(inputs[0].shape))
         log.info("loaded %s on %s", self.path, self._session.get_providers())
 
     @property

@@ -62,8 +62,8 @@ class PyTorchEngine:
         inputs = [i for i in model.graph.input if i.name not in weights]
         if len(inputs) != 1:
             raise ModelError(self.path, f"expected one input, found {len(inputs)}")
-        self._output_names = [o.name for o in model.graph.output]
-        self._batch_sizes = check_io(self.path, _dims(inputs[0]), self._output_names)
+        self._output_names = self.output_names = [o.name for o in model.graph.output]
+        self._batch_sizes, self.input_size = check_io(self.path, _dims(inputs[0]))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             self._module = convert(model).eval().to(self.device)

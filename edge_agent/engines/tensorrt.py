@@ -131,7 +131,8 @@ class TensorRtEngine:
             context.set_optimization_profile_async(index, self._stream_handle)
             self._contexts.append((lo_batch, hi_batch, context))
         shape: list[object] = ["batch" if fixed_batch is None else fixed_batch, *dims[1:]]
-        check_io(self.path, shape, self._outputs)
+        _, self.input_size = check_io(self.path, shape)
+        self.output_names = list(self._outputs)
         self._batch_sizes = frozenset(
             size for lo, hi, _ in self._contexts for size in range(lo, hi + 1)) or None
         self._max_batch = max(hi for _, hi, _ in self._contexts)
