@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloud_controller.policies import DEFAULT_POLICY, POLICIES, BatchPolicy, make_policy
+from mqtt_bus.broker_section import BROKER_ENV_NAMES, BROKER_FLAG_KEYS
+from mqtt_bus.broker_section import BrokerSection as SharedBrokerSection
 from schemas import DEFAULT_PREFIX
 from schemas.topics import Topics, check_segment
 
@@ -34,12 +36,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BrokerSection(Section):
+class BrokerSection(SharedBrokerSection):
     url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://[user@]host[:port] or mqtts://")
-    password_file: str | None = None
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
 
 
 class ReplicaSection(Section):
@@ -115,11 +113,7 @@ class ControllerConfig(Section):
 
 
 ENV_NAMES: dict[str, str] = {
-    "EDGEBATCH_BROKER_URL": "broker.url",
-    "EDGEBATCH_BROKER_PASSWORD_FILE": "broker.password_file",
-    "EDGEBATCH_BROKER_CA_FILE": "broker.ca_file",
-    "EDGEBATCH_BROKER_CLIENT_CERT": "broker.client_cert",
-    "EDGEBATCH_BROKER_CLIENT_KEY": "broker.client_key",
+    **BROKER_ENV_NAMES,
     "EDGEBATCH_PREFIX": "controller.prefix",
     "EDGEBATCH_CONTROLLER_ID": "controller.id",
     "EDGEBATCH_POLICY": "policy.name",
@@ -130,11 +124,7 @@ ENV_NAMES: dict[str, str] = {
 # argparse destination -> (key, flag). Policy parameters (--ladder, --slo-ms, --memory-threshold) go
 # under the chosen policy's own key: see cli.policy_flags.
 FLAG_KEYS: dict[str, tuple[str, str]] = {
-    "broker": ("broker.url", "--broker"),
-    "broker_password_file": ("broker.password_file", "--broker-password-file"),
-    "ca_file": ("broker.ca_file", "--ca-file"),
-    "client_cert": ("broker.client_cert", "--client-cert"),
-    "client_key": ("broker.client_key", "--client-key"),
+    **BROKER_FLAG_KEYS,
     "prefix": ("controller.prefix", "--prefix"),
     "id": ("controller.id", "--id"),
     "ownership": ("controller.ownership", "--ownership"),

@@ -25,6 +25,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from edge_agent.engines.settings import OnnxRuntimeSettings, PyTorchSettings, TensorRtSettings
+from mqtt_bus.broker_section import BROKER_ENV_NAMES, BROKER_FLAG_KEYS
+from mqtt_bus.broker_section import BrokerSection as SharedBrokerSection
 from schemas import DEFAULT_PREFIX
 from schemas.messages import StreamSpec
 from schemas.topics import check_segment
@@ -59,12 +61,8 @@ class AgentSection(Section):
         return check_segment(value, "agent id")
 
 
-class BrokerSection(Section):
+class BrokerSection(SharedBrokerSection):
     url: str | None = Field(default=None, description="mqtt://[user@]host[:port] or mqtts://; none: no controller")
-    password_file: str | None = None
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
 
 
 class ModelSection(Section):
@@ -191,11 +189,7 @@ ENV_NAMES: dict[str, str] = {
     "EDGEBATCH_PREFIX": "agent.prefix",
     "EDGEBATCH_TELEMETRY_INTERVAL_S": "agent.telemetry_interval_s",
     "EDGEBATCH_PUBLISH_DETECTIONS": "agent.publish_detections",
-    "EDGEBATCH_BROKER_URL": "broker.url",
-    "EDGEBATCH_BROKER_PASSWORD_FILE": "broker.password_file",
-    "EDGEBATCH_BROKER_CA_FILE": "broker.ca_file",
-    "EDGEBATCH_BROKER_CLIENT_CERT": "broker.client_cert",
-    "EDGEBATCH_BROKER_CLIENT_KEY": "broker.client_key",
+    **BROKER_ENV_NAMES,
     "EDGEBATCH_REGISTRY": "model.registry",
     "EDGEBATCH_MODEL_NAME": "model.name",
     "EDGEBATCH_MODEL_VERSION": "model.version",
@@ -210,11 +204,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "prefix": ("agent.prefix", "--prefix"),
     "telemetry_interval": ("agent.telemetry_interval_s", "--telemetry-interval"),
     "publish_detections": ("agent.publish_detections", "--publish-detections"),
-    "broker": ("broker.url", "--broker"),
-    "broker_password_file": ("broker.password_file", "--broker-password-file"),
-    "ca_file": ("broker.ca_file", "--ca-file"),
-    "client_cert": ("broker.client_cert", "--client-cert"),
-    "client_key": ("broker.client_key", "--client-key"),
+    **BROKER_FLAG_KEYS,
     "model": ("model.path", "--model"),
     "backend": ("model.backend", "--backend"),
     "model_type": ("model.type", "--model-type"),

@@ -8,6 +8,7 @@ Blocking: call it from a thread when the server under test runs on the event loo
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -24,7 +25,7 @@ def chromium_path() -> str | None:
 
 
 class BrowserError(RuntimeError):
-    pass
+    """Chromium is missing, exited, or answered a DevTools call with an error."""
 
 
 class HeadlessChromium:
@@ -125,11 +126,9 @@ class HeadlessChromium:
         return self.proc.stderr.read().decode(errors="replace")[-2000:]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrowserError, OSError):  # already gone: the wait below reaps it
             self.session = ""
             self.call("Browser.close", timeout_s=5)
-        except (BrowserError, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -14,7 +14,7 @@ MEMORY = ":memory:"
 
 
 class MongoServerMissing(RuntimeError):
-    pass
+    """No MongoDB wire server to start (scripts/test.sh installs secantusdb)."""
 
 
 def server_binary() -> str:

@@ -17,7 +17,8 @@ SERIES_OF = {
 }
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, str]:
+def fetch(url: str, token: str | None = None) -> tuple[int, str]:
+    """GET over real HTTP, with a bearer token if given: (status, body), errors included."""
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
@@ -29,7 +30,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, str]:
 
 
 async def http_get(url: str, token: str | None = None) -> tuple[int, str]:
-    return await asyncio.to_thread(_get, url, token)
+    return await asyncio.to_thread(fetch, url, token)
 
 
 async def healthz(port: int) -> tuple[int, dict[str, object]]:

@@ -24,7 +24,7 @@ SYSTEM_PYTHONS = ("/usr/bin/python3",)
 
 
 class RtspServerMissing(RuntimeError):
-    pass
+    """No GStreamer RTSP server for the system Python (scripts/setup.sh installs it)."""
 
 
 def gstreamer_python() -> str:

@@ -26,6 +26,7 @@ from tests.compose_broker import COMPOSE, ComposeBroker, as_broker_user, broker_
 from tests.conftest import ROOT
 from tests.mqtt_helpers import Peer, eventually
 from tests.processes import stop_all
+from tests.prometheus_helpers import fetch
 
 SCHEMA = ROOT / "tests" / "vendor" / "compose-spec.json"
 
@@ -272,17 +273,7 @@ def test_docker_build_context_leaves_out_secrets_and_bulk() -> None:
 # --- the real CLIs with their secrets in files ----------------------------------------------------
 
 def http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return fetch(f"http://127.0.0.1:{port}{path}", token)
 
 
 async def test_controller_and_agent_run_with_secrets_in_files_only(compose_broker: ComposeBroker,

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,14 @@ from tests.conftest import VIDEO
 from tests.headless_browser import HeadlessChromium, chromium_path
 from tests.mqtt_helpers import eventually
 from tests.processes import stop_all
+from tests.prometheus_helpers import fetch
 
 
 def fleet(port: int, token: str) -> dict[str, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/fleet",
-                                     headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+    status, body = fetch(f"http://127.0.0.1:{port}/api/fleet", token)
+    if status != 200:
+        raise OSError(f"/api/fleet answered {status}")
+    return json.loads(body)  # type: ignore[no-any-return]
 
 
 def streams_of(port: int, token: str, agent_id: str) -> dict[str, dict[str, Any]]:
