@@ -30,6 +30,7 @@ from mqtt_bus.args import (
     segment,
     topic_prefix,
 )
+from mqtt_bus.http import parse_address
 from mqtt_bus.layered_config import Layered, load_layered
 from mqtt_bus.secrets import read_secret
 
@@ -50,16 +51,14 @@ def tune_gc() -> None:
 
 
 def http_address(text: str) -> str:
-    """HOST:PORT (port 0: any free one) or 'off'."""
+    """HOST:PORT (port 0: any free one) or 'off' (``mqtt_bus.http.parse_address`` reads it)."""
     if text == "off":
         return text
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} must be HOST:PORT (port 0-65535) or 'off'")
     try:
-        host.encode("idna")
-    except UnicodeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: {host!r} is not a valid host name") from None
+        parse_address(text)
+    except ValueError as exc:
+        message = str(exc) if "host name" in str(exc) else f"{text!r} must be HOST:PORT (port 0-65535) or 'off'"
+        raise argparse.ArgumentTypeError(message) from None
     return text
 
 
@@ -169,9 +168,8 @@ async def serve(args: argparse.Namespace) -> int:
     if args.http != "off":
         from cloud_controller.web import FleetServer
 
-        host, _, port = args.http.rpartition(":")
-        host = host or "127.0.0.1"
-        server = FleetServer(controller, host, int(port), token=args.http_token)
+        host, port = parse_address(args.http)
+        server = FleetServer(controller, host, port, token=args.http_token)
         try:
             await server.start()
         except OSError as exc:  # port taken, address not on this host, no permission
