@@ -21,7 +21,8 @@ import numpy as np
 import psutil
 
 from edge_agent.engines import BACKENDS, load_engine, run_padded
-from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
+from edge_agent.adapters import NanoDetAdapter
+from edge_agent.nanodet import load_labels, preprocess
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.profiler import time_stages
 from edge_agent.sources import VideoSource
@@ -84,7 +85,7 @@ def main() -> None:
                         help="pytorch or tensorrt to measure the GPU overlap the pipeline is for")
     args = parser.parse_args()
     engine = load_engine(args.model, args.backend)
-    decoder = NanoDetDecoder(load_labels(LABELS))
+    decoder = NanoDetAdapter(load_labels(LABELS))
     sequential(engine, decoder, 2 * args.batch_size, args.batch_size)  # warm up
     # Interleaved rounds, so a noisy neighbour slows all three alike rather than one of them.
     rounds = []

@@ -27,10 +27,11 @@ from edge_agent.console import StatusLine, print_profile, print_summary, status_
 from edge_agent.engines import BACKENDS, InferenceEngine, load_engine
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.nanodet import load_labels
-from edge_agent.pipeline import DetectionFilter, FrameSink, Pipeline, PipelineConfig
+from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_streams
+from edge_agent.stages import DetectionFilter
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,

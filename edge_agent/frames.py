@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +30,12 @@ class Frame:
     t_infer_end: float = 0.0
     t_post_end: float = 0.0
     decode_ms: float = 0.0  # reading + decoding it from its source
-    tensor: np.ndarray | None = None
     detections: list[Detection] = field(default_factory=list)
+
+    @property
+    def queue_s(self) -> float:
+        """Waiting from capture to inference that was not pre-processing: the batch filling, the queues."""
+        return (self.t_infer_start - self.t_capture) - (self.t_pre_end - self.t_pre_start)
 
 
 @dataclass(slots=True)
@@ -39,10 +45,11 @@ class Batch:
     frames: list[Frame]
     target_size: int
     engine_batch_size: int = 0
+    pre_ms: float = 0.0
     infer_ms: float = 0.0
     post_ms: float = 0.0
-    outputs: dict[str, np.ndarray] | None = None
-
-    @property
-    def pre_ms(self) -> float:
-        return sum((f.t_pre_end - f.t_pre_start) for f in self.frames) * 1000.0
+    # Between stages: the engine input (a NumPy array, or a device tensor on the GPU path), then its outputs.
+    tensor: Any = None
+    outputs: Mapping[str, Any] | None = None
+    # Stage-private state that travels with the batch (e.g. the device path's event and frame placements).
+    carry: dict[str, Any] = field(default_factory=dict)

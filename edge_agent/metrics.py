@@ -25,8 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from edge_agent.frames import Batch
-from edge_agent.pipeline import Pipeline, ServingConfig
+from edge_agent.pipeline import Pipeline
 from edge_agent.probes import ResourceProbe
+from edge_agent.stages import ServingConfig
 from schemas import ResourceSample
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class StageHistograms:
         self._add("batch", batch.pre_ms / 1000.0 + infer + post)
         for f in batch.frames:
             self._add("pre", f.t_pre_end - f.t_pre_start)
-            self._add("queue", f.t_infer_start - f.t_pre_end)
+            self._add("queue", f.queue_s)
             self._add("e2e", f.t_post_end - f.t_capture)
 
     def family(self) -> HistogramMetricFamily:
@@ -163,8 +164,9 @@ class _AgentCollector(Collector):
                                  labels=["model", "version", "backend"])
         info.add_metric([serving.model, serving.version, serving.engine.backend], 1)
         yield info
-        depth = GaugeMetricFamily("edgebatch_queue_depth", "Items waiting in a stage queue (frames; batches in "
-                                  "'batches' and 'inferred')", labels=["queue"])
+        depth = GaugeMetricFamily("edgebatch_queue_depth", "Items waiting in front of a stage: frames in "
+                                  "'ingress' (before the batcher), batches in front of each stage and the sinks",
+                                  labels=["queue"])
         for queue, items in pipeline.queue_depths().items():
             depth.add_metric([queue], items)
         yield depth

@@ -1,7 +1,8 @@
-"""The asyncio pipeline: sources -> preprocess -> batcher -> infer -> postprocess -> sinks.
+"""The asyncio pipeline: sources -> batcher -> stages (pre-process, infer, decode, filter) -> sinks.
 
-Each stage is a task; bounded queues join them so CPU and inference work overlap. Blocking work
-(decode, resize, inference, NMS) runs on executor threads; the loop only moves frames.
+Sources hand frames to the batcher one by one; from there on every stage takes a whole batch per
+call (``edge_agent/stages``), each on its own thread, bounded queues between them so CPU and
+inference work overlap. The loop only moves frames and batches.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from edge_agent.adapters import AdapterError, ModelAdapter
-from edge_agent.engines import InferenceEngine, stack_padded
+from edge_agent.engines import InferenceEngine
 from edge_agent.errors import SourceError, SwapError
 from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import is_valid_image
 from edge_agent.sources import Backoff, SourceHealth, VideoSource, monotonic_to_wall, one_line, redact
+from edge_agent.stages import (
+    BatchStage,
+    DetectionFilter,
+    ServingConfig,
+    StageSettings,
+    Work,
+    default_stages,
+    runs_on_device,
+)
 from edge_agent.stats import PipelineStats
-from schemas import Detection, RunSummary
+from schemas import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +52,6 @@ class FrameSink(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class DetectionFilter:
-    """A camera's own view of the detector's output: a higher score bar, and the classes it cares about.
-    (The decoder's own threshold applies first, so a camera can only raise it.)"""
-
-    min_score: float | None = None
-    labels: frozenset[str] | None = None
-
-    def apply(self, detections: list[Detection]) -> list[Detection]:
-        return [d for d in detections if (self.min_score is None or d.score >= self.min_score)
-                and (self.labels is None or d.label in self.labels)]
-
-
 @dataclass
 class PipelineConfig:
     batch_size: int = 4
@@ -62,23 +59,10 @@ class PipelineConfig:
     deadline_ms: float = 1000.0
     max_frames: int | None = None
     ingress_capacity: int = 32  # frames; absorbs a swap or a GC pause before any drop
-    ready_capacity: int = 8
-    batch_queue_capacity: int = 1  # one batch ready ahead of inference is enough to overlap; more delays a switch
+    batch_queue_capacity: int = 1  # one batch ready ahead of each stage is enough to overlap; more delays a switch
+    stages: StageSettings = field(default_factory=StageSettings)
     keep_open: bool = False  # keep running with no source left (streams may be added later); else end with them
     reconnect: Backoff = field(default_factory=Backoff)  # live sources that fail to open or drop are reopened
-
-
-@dataclass
-class ServingConfig:
-    """What the batcher assembles for: switched as a whole at a batch boundary."""
-
-    engine: InferenceEngine
-    batch_size: int
-    model: str = "nanodet-m-416-coco"
-    version: str = "1"
-    generation: int = 0
-    switched: asyncio.Future[float] | None = field(default=None, repr=False)
-    artifact_sha256: str | None = None
 
 
 @dataclass
@@ -92,12 +76,6 @@ class _Reader:
 
 
 _ReadOutcome = Literal["stopped", "ended", "dropped"]
-
-
-@dataclass
-class _AssembledBatch:
-    batch: Batch
-    serving: ServingConfig
 
 
 class ServiceTimeEstimate:
@@ -132,6 +110,7 @@ class Pipeline:
         model: str = "nanodet-m-416-coco",
         version: str = "1",
         artifact_sha256: str | None = None,
+        stages: Sequence[BatchStage] | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
         self.sources = list(sources)  # the streams being read
@@ -148,19 +127,22 @@ class Pipeline:
         self._check_batch_size(engine, self.config.batch_size)
         self.serving = ServingConfig(engine, self.config.batch_size, model, version,
                                      artifact_sha256=artifact_sha256)
+        self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
+        self._on_device = runs_on_device(engine) and self.config.stages.device_path
+        self.stages: list[BatchStage] = list(stages) if stages is not None else default_stages(
+            engine, decoder, self.detection_filters, self.config.stages)
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
         self._ingress: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ingress_capacity)
-        self._ready: asyncio.Queue[Frame | _EndOfStream] = asyncio.Queue(self.config.ready_capacity)
-        self._batches: asyncio.Queue[_AssembledBatch | _EndOfStream] = asyncio.Queue(
-            self.config.batch_queue_capacity
-        )
-        self._inferred: asyncio.Queue[_AssembledBatch | _EndOfStream] = asyncio.Queue(
-            self.config.batch_queue_capacity
-        )
+        # One queue in front of each stage, and one for the sinks.
+        self._stage_queues: list[asyncio.Queue[Work | _EndOfStream]] = [
+            asyncio.Queue(self.config.batch_queue_capacity) for _ in range(len(self.stages) + 1)
+        ]
         self._stopping = asyncio.Event()
         self._accepted = 0
-        self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix="pre")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-        self._post_pool = ThreadPoolExecutor(1, thread_name_prefix="post")
+        # One thread per stage: a stage sees its batches in order; its own workers (if any) fan out inside.
+        self._stage_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"stage-{n}") for n in names]
         # Opens of live sources: their own threads, so dead cameras (each open blocking up to its timeout)
         # never hold the threads the live streams are read on.
         self._open_pool = ThreadPoolExecutor(4, thread_name_prefix="open")
@@ -168,7 +150,6 @@ class Pipeline:
         # so cameras dropping together do not starve the others' reads or the loop's to_thread calls.
         self._read_pool = ThreadPoolExecutor(64, thread_name_prefix="read")
         self.batch_listeners: list[Callable[[Batch, ServingConfig], None]] = []
-        self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
         self.started = asyncio.Event()
         self._finished = False
 
@@ -214,6 +195,9 @@ class Pipeline:
         new_engine = engine or current.engine
         new_size = batch_size or current.batch_size
         self._check_batch_size(new_engine, new_size)
+        if engine is not None and (runs_on_device(engine) and self.config.stages.device_path) != self._on_device:
+            where = "a GPU (device tensors)" if runs_on_device(engine) else "the host"
+            raise SwapError(f"engine {engine.path} runs on {where}; the pipeline's stages were built for the other")
         if engine is not None:
             try:  # another model family would need another adapter: refuse, nothing changes
                 self.decoder.check_engine(engine.input_size, engine.output_names)
@@ -332,12 +316,11 @@ class Pipeline:
         return {s.stream_id: s.health.snapshot() for s in (*self.sources, *self.parked)}
 
     def queue_depths(self) -> dict[str, int]:
-        return {
-            "ingress": self._ingress.qsize(),
-            "ready": self._ready.qsize(),
-            "batches": self._batches.qsize(),
-            "inferred": self._inferred.qsize(),
-        }
+        depths = {"ingress": self._ingress.qsize()}
+        for stage, queue in zip(self.stages, self._stage_queues, strict=False):
+            depths[stage.name] = queue.qsize()
+        depths["sinks"] = self._stage_queues[-1].qsize()
+        return depths
 
     @property
     def source_fps_total(self) -> float:
@@ -492,22 +475,6 @@ class Pipeline:
         # and awaiting a put on a full one would hang the teardown.
         await self._ingress.put(END)
 
-    async def _preprocess(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            item = await self._ingress.get()
-            if isinstance(item, _EndOfStream):
-                await self._ready.put(END)
-                return
-            if not is_valid_image(item.image):
-                self.stats.corrupt += 1
-                log.warning("stream %s frame %d is not a valid image; skipped", item.stream_id, item.seq)
-                continue
-            item.t_pre_start = time.monotonic()
-            item.tensor = await loop.run_in_executor(self._pre_pool, self.decoder.preprocess, item.image)
-            item.t_pre_end = time.monotonic()
-            await self._ready.put(item)
-
     async def _assemble(self) -> None:
         """Dispatch a batch when it is full, or when waiting longer would make its oldest frame
         miss its deadline (real-time mode), or at the end of the stream."""
@@ -515,15 +482,17 @@ class Pipeline:
         ended = False
         while not ended or pending:
             if not pending and not ended:
-                item = await self._ready.get()
+                item = await self._ingress.get()
                 if isinstance(item, _EndOfStream):
                     break
-                pending.append(item)
+                if self._valid(item):
+                    pending.append(item)
+                continue
             serving = self.serving
             target = serving.batch_size
             while len(pending) < target and not ended:
                 try:
-                    item = self._ready.get_nowait()
+                    item = self._ingress.get_nowait()
                 except asyncio.QueueEmpty:
                     if self.config.realtime:
                         latest_start = min(f.deadline for f in pending) - self.service_time.expected(target)
@@ -534,76 +503,53 @@ class Pipeline:
                         # races its timeout into TimeoutError, and the batcher would then block forever.
                         try:
                             async with asyncio.timeout(wait_s):
-                                item = await self._ready.get()
+                                item = await self._ingress.get()
                         except TimeoutError:
                             break
                     else:
-                        item = await self._ready.get()
+                        item = await self._ingress.get()
                 if isinstance(item, _EndOfStream):
                     ended = True
-                else:
+                elif self._valid(item):
                     pending.append(item)
+            if not pending:
+                continue
             frames, pending = pending[:target], pending[target:]
-            await self._batches.put(_AssembledBatch(Batch(frames, target_size=target), serving))
-        await self._batches.put(END)
+            await self._stage_queues[0].put(Work(Batch(frames, target_size=target), serving))
+        await self._stage_queues[0].put(END)
 
-    def _infer_blocking(self, assembled: _AssembledBatch, retire: InferenceEngine | None) -> None:
-        if retire is not None:
-            retire.close()
-        batch = assembled.batch
-        engine = assembled.serving.engine
-        start = time.monotonic()
-        tensor = stack_padded(engine, [f.tensor for f in batch.frames])  # type: ignore[misc]
-        batch.engine_batch_size = tensor.shape[0]
-        batch.outputs = engine.infer(tensor)
-        end = time.monotonic()
-        batch.infer_ms = (end - start) * 1000.0
-        for f in batch.frames:
-            f.t_infer_start, f.t_infer_end = start, end
-            f.tensor = None  # free the input early
+    def _valid(self, frame: Frame) -> bool:
+        if is_valid_image(frame.image):
+            return True
+        self.stats.corrupt += 1
+        log.warning("stream %s frame %d is not a valid image; skipped", frame.stream_id, frame.seq)
+        return False
 
-    async def _infer(self) -> None:
+    async def _run_stage(self, index: int) -> None:
+        """Feed stage ``index`` its batches in order, on its own thread, and pass them on."""
+        stage, pool = self.stages[index], self._stage_pools[index]
+        inbox, outbox = self._stage_queues[index], self._stage_queues[index + 1]
         loop = asyncio.get_running_loop()
-        last: ServingConfig | None = None
         while True:
-            item = await self._batches.get()
+            item = await inbox.get()
             if isinstance(item, _EndOfStream):
-                await self._inferred.put(END)
+                await outbox.put(END)
                 return
-            retire = None
-            if last is not None and last.engine is not item.serving.engine:
-                retire = last.engine  # its last batch is done: inference is sequential
-            await loop.run_in_executor(self._infer_pool, self._infer_blocking, item, retire)
-            if item.serving.switched is not None and not item.serving.switched.done():
-                item.serving.switched.set_result(time.monotonic())
-            last = item.serving
-            await self._inferred.put(item)
+            await loop.run_in_executor(pool, stage.process, item)
+            switched = item.serving.switched
+            if stage.name == "infer" and switched is not None and not switched.done():
+                switched.set_result(time.monotonic())  # the first batch at the new setting is inferred
+            await outbox.put(item)
 
-    def _post_blocking(self, batch: Batch) -> None:
-        start = time.monotonic()
-        assert batch.outputs is not None
-        sizes = [f.image.shape[:2] for f in batch.frames]
-        detections = self.decoder.decode_batch(batch.outputs, sizes)
-        if self.detection_filters:
-            filters = self.detection_filters
-            detections = [filters[f.stream_id].apply(dets) if f.stream_id in filters else dets
-                          for f, dets in zip(batch.frames, detections, strict=True)]
-        end = time.monotonic()
-        batch.outputs = None
-        batch.post_ms = (end - start) * 1000.0
-        for f, dets in zip(batch.frames, detections, strict=True):
-            f.detections = dets
-            f.t_post_end = end
-
-    async def _postprocess(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _finish(self) -> None:
+        """Account each finished batch and hand its frames to the sinks."""
+        inbox = self._stage_queues[-1]
         while True:
-            item = await self._inferred.get()
+            item = await inbox.get()
             if isinstance(item, _EndOfStream):
                 return
             batch = item.batch
-            await loop.run_in_executor(self._post_pool, self._post_blocking, batch)
-            self.service_time.update(item.serving.batch_size, (batch.infer_ms + batch.post_ms) / 1000.0)
+            self.service_time.update(item.serving.batch_size, (batch.pre_ms + batch.infer_ms + batch.post_ms) / 1000.0)
             self.stats.batch_done(batch)
             for listener in self.batch_listeners:
                 listener(batch, item.serving)
@@ -623,18 +569,20 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read_sources(), name="pipeline.sources")
-                tg.create_task(self._preprocess(), name="pipeline.preprocess")
                 tg.create_task(self._assemble(), name="pipeline.batcher")
-                tg.create_task(self._infer(), name="pipeline.infer")
-                tg.create_task(self._postprocess(), name="pipeline.postprocess")
+                for i, stage in enumerate(self.stages):
+                    tg.create_task(self._run_stage(i), name=f"pipeline.{stage.name}")
+                tg.create_task(self._finish(), name="pipeline.sinks")
         finally:
             for sink in self.sinks:
                 await sink.close()
             # Each close waits out a read still running on its thread (up to a camera's read timeout):
             # together, so several stalled cameras cost one timeout, not one each.
             await asyncio.gather(*(asyncio.to_thread(s.close) for s in (*self.sources, *self.parked)))
-            for pool in (self._pre_pool, self._infer_pool, self._post_pool, self._open_pool, self._read_pool):
+            for pool in (*self._stage_pools, self._open_pool, self._read_pool):
                 pool.shutdown(wait=False)
+            for stage in self.stages:
+                stage.close()
             self._finished = True
         return self.summary(time.monotonic() - t0)
 

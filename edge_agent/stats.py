@@ -143,7 +143,7 @@ class PipelineStats:
         for f in batch.frames:
             values: dict[Stage, float] = {
                 "pre": (f.t_pre_end - f.t_pre_start) * 1000.0,
-                "queue": (f.t_infer_start - f.t_pre_end) * 1000.0,
+                "queue": f.queue_s * 1000.0,
                 "infer": batch.infer_ms,
                 "post": batch.post_ms,
                 "e2e": (f.t_post_end - f.t_capture) * 1000.0,

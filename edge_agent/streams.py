@@ -26,8 +26,9 @@ from edge_agent.admission import (
 from edge_agent.engines import InferenceEngine
 from edge_agent.errors import EdgeAgentError, SourceError
 from edge_agent.frames import Batch
-from edge_agent.pipeline import Pipeline, ServingConfig
+from edge_agent.pipeline import Pipeline
 from edge_agent.sources import VideoSource
+from edge_agent.stages import ServingConfig
 from edge_agent.stats import StreamCounts
 from schemas import AdmissionFigures, EventKind, ProfileReport, StreamSpec, StreamState
 from schemas.messages import MAX_ERROR_CHARS

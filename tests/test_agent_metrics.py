@@ -64,7 +64,8 @@ async def test_stream_series_come_and_go_counters_grow_and_health_follows_the_pi
         assert value(first, "edgebatch_gpu_util_percent") is None, "no figure is made up on a host probe"
         assert (value(first, "edgebatch_host_memory_total_bytes") or 0) > 0
         assert value(first, "edgebatch_batch_size") == 2
-        assert label_values(first, "edgebatch_queue_depth", "queue") == {"ingress", "ready", "batches", "inferred"}
+        assert label_values(first, "edgebatch_queue_depth", "queue") == {"ingress", "pre", "infer", "post", "filter",
+                                                                             "sinks"}
         assert "edgebatch_swaps_total" not in names, "no MQTT side, no orders"
 
         async def grown() -> bool:

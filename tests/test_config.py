@@ -13,7 +13,7 @@ import pytest
 from edge_agent.cli import build_parser, load_settings
 from edge_agent.config import AgentConfig, source_cameras
 from edge_agent.errors import EdgeAgentError
-from edge_agent.pipeline import DetectionFilter
+from edge_agent.stages import DetectionFilter
 from schemas import Detection
 from tests.conftest import VIDEO
 

@@ -20,7 +20,7 @@ KEY = "pytorch"
 try:
     import torch
 except ImportError:
-    torch = None
+    torch = None  # type: ignore[assignment]
 try:
     from onnx2torch import convert
 except ImportError:

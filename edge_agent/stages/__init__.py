@@ -1,0 +1,73 @@
+"""Pipeline stages between the batcher and the sinks: one object each, composed here.
+
+The chain is the DeepStream element idea: ``default_stages`` lists what a batch goes through; add,
+remove or replace an element by editing that list (or by passing ``stages=`` to ``Pipeline``).
+The host chain pre-processes, infers and decodes on the CPU side; the device chain (an engine that
+runs on a GPU through PyTorch) uploads uint8 frames once and keeps everything on the device until
+the final boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edge_agent.adapters import ModelAdapter
+from edge_agent.engines import InferenceEngine
+from edge_agent.stages.base import BatchStage, ServingConfig, Work
+from edge_agent.stages.decode import HostDecode
+from edge_agent.stages.filters import CameraFilters, DetectionFilter
+from edge_agent.stages.infer import HostInfer
+from edge_agent.stages.preprocess import HostPreprocess
+from edge_agent.stages.workers import MeasuredWorkers, candidate_counts
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Worker threads for the host pre- and post-processing: None measures the count that helps most."""
+
+    pre_workers: int | None = None
+    post_workers: int | None = None
+    device_path: bool = True  # an engine that takes device tensors gets the device chain
+
+
+def runs_on_device(engine: InferenceEngine) -> bool:
+    """Whether ``engine`` takes device tensors (``infer_device``) on a GPU, so the device chain can feed it."""
+    return callable(getattr(engine, "infer_device", None)) and getattr(engine, "on_gpu", False)
+
+
+def default_stages(
+    engine: InferenceEngine,
+    adapter: ModelAdapter,
+    filters: Mapping[str, DetectionFilter],
+    settings: StageSettings | None = None,
+) -> list[BatchStage]:
+    """The chain a batch goes through, for the engine the pipeline starts with."""
+    settings = settings or StageSettings()
+    if settings.device_path and runs_on_device(engine):
+        from edge_agent.stages.device import device_stages  # needs PyTorch
+
+        return [*device_stages(engine, adapter), CameraFilters(filters)]
+    return [
+        HostPreprocess(adapter, settings.pre_workers),
+        HostInfer(),
+        HostDecode(adapter, settings.post_workers),
+        CameraFilters(filters),
+    ]
+
+
+__all__ = [
+    "BatchStage",
+    "CameraFilters",
+    "DetectionFilter",
+    "HostDecode",
+    "HostInfer",
+    "HostPreprocess",
+    "MeasuredWorkers",
+    "ServingConfig",
+    "StageSettings",
+    "Work",
+    "candidate_counts",
+    "default_stages",
+    "runs_on_device",
+]

@@ -1,0 +1,53 @@
+"""What every pipeline stage shares: the ``BatchStage`` protocol and the unit it works on.
+
+A stage takes one whole batch per call (no per-frame hop on the hot path) and runs on its own
+thread, so stages overlap like DeepStream's elements; the pipeline owns the queues between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from edge_agent.engines import InferenceEngine
+from edge_agent.frames import Batch
+
+
+@dataclass
+class ServingConfig:
+    """What the batcher assembles for: switched as a whole at a batch boundary."""
+
+    engine: InferenceEngine
+    batch_size: int
+    model: str = "nanodet-m-416-coco"
+    version: str = "1"
+    generation: int = 0
+    switched: asyncio.Future[float] | None = field(default=None, repr=False)
+    artifact_sha256: str | None = None
+
+
+@dataclass
+class Work:
+    """One batch on its way through the stages, with the serving config it was assembled for."""
+
+    batch: Batch
+    serving: ServingConfig
+
+
+@runtime_checkable
+class BatchStage(Protocol):
+    """One step of the chain between the batcher and the sinks."""
+
+    @property
+    def name(self) -> str:
+        """Short and unique in a chain: it names the stage's thread and its latency figures."""
+        ...
+
+    def process(self, work: Work) -> None:
+        """Do this stage's part for the whole batch, in place, on the stage's own thread."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and buffers; called once, after the last batch."""
+        ...

@@ -1,0 +1,34 @@
+"""Inference on the host: the batch's engine runs its input tensor; an engine swapped out is released
+after its last batch (inference is sequential, so that is the batch before the first on the new one)."""
+
+from __future__ import annotations
+
+import time
+
+from edge_agent.engines import InferenceEngine
+from edge_agent.stages.base import Work
+
+
+class HostInfer:
+    name = "infer"
+
+    def __init__(self) -> None:
+        self._last: InferenceEngine | None = None
+
+    def process(self, work: Work) -> None:
+        engine = work.serving.engine
+        if self._last is not None and self._last is not engine:
+            self._last.close()
+        self._last = engine
+        batch = work.batch
+        assert batch.tensor is not None, "a pre-processing stage comes first"
+        start = time.monotonic()
+        batch.outputs = engine.infer(batch.tensor)
+        end = time.monotonic()
+        batch.tensor = None  # free the input early
+        batch.infer_ms = (end - start) * 1000.0
+        for f in batch.frames:
+            f.t_infer_start, f.t_infer_end = start, end
+
+    def close(self) -> None:
+        self._last = None  # the pipeline's owner closes the engine it serves with
