@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from edge_agent.engines import BACKENDS, load_engine, run_padded
 from edge_agent.adapters import NanoDetAdapter
+from edge_agent.engines import BACKENDS, load_engine, run_padded
 from edge_agent.nanodet import load_labels, preprocess
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.profiler import time_stages

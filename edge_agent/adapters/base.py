@@ -36,6 +36,16 @@ class ModelAdapter(Protocol):
         """Class names by class id."""
         ...
 
+    @property
+    def spec(self) -> PreprocessSpec:
+        """The input it wants, as data (``preprocess`` follows it on the host, the device path on a GPU)."""
+        ...
+
+    @property
+    def config(self) -> DecoderConfig:
+        """Score and IoU thresholds, and the most detections per image."""
+        ...
+
     def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
         """Raise ``AdapterError`` unless a model with this input (width, height) and these outputs fits."""
         ...
@@ -141,7 +151,10 @@ def nms_detections(
     labels: Sequence[str],
     config: DecoderConfig,
 ) -> list[Detection]:
-    """Class-aware NMS on xyxy boxes (original pixels, already clipped), best score first."""
+    """Class-aware NMS on xyxy boxes (original pixels, already clipped), best score first. A box that the clip
+    left empty (it lay outside the frame) is no detection."""
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, classes = boxes[real], scores[real], classes[real]
     if boxes.shape[0] == 0:
         return []
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)

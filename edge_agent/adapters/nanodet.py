@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from edge_agent import nanodet
-from edge_agent.adapters.base import AdapterError, DecoderConfig
+from edge_agent.adapters.base import AdapterError, DecoderConfig, PreprocessSpec
 from schemas import Detection
 
 
@@ -21,6 +21,13 @@ class NanoDetAdapter:
         )
         self.labels = self._decoder.labels
         self.input_size = (nanodet.INPUT_SIZE, nanodet.INPUT_SIZE)
+        self.config = config
+        # The same input as ``nanodet.preprocess``, as data: the device path follows it.
+        self.spec = PreprocessSpec(self.input_size, letterbox=False, rgb=False,
+                                   mean=tuple(float(m) for m in nanodet._MEAN),  # type: ignore[arg-type]
+                                   std=tuple(float(1.0 / v) for v in nanodet._INV_STD))  # type: ignore[arg-type]
+
+    nms_on_clipped = False  # NanoDet's decoder runs NMS on the boxes before clipping them to the frame
 
     def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
         size = nanodet.INPUT_SIZE

@@ -3,7 +3,7 @@ detector's settings with the detector). Plain models here, so reading a config n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,8 @@ class OnnxRuntimeSettings(BackendSettings):
 class PyTorchSettings(BackendSettings):
     device: str | None = Field(default=None, max_length=32, pattern=r"^(cpu|cuda(:\d+)?)$",
                                description="cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
+    precision: Literal["auto", "fp32", "fp16"] | None = Field(
+        default=None, description="auto (default): fp16 on a GPU, fp32 on the CPU")
 
 
 class TensorRtSettings(BackendSettings):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import InferenceEngine
@@ -21,19 +22,26 @@ from edge_agent.stages.infer import HostInfer
 from edge_agent.stages.preprocess import HostPreprocess
 from edge_agent.stages.workers import MeasuredWorkers, candidate_counts
 
+DevicePath = Literal["auto", "always", "never"]
+
 
 @dataclass(frozen=True)
 class StageSettings:
-    """Worker threads for the host pre- and post-processing: None measures the count that helps most."""
+    """Worker threads for the host pre- and post-processing (None: measure the count that helps most), and
+    when the device chain serves: ``auto`` for an engine on a GPU that takes device tensors, ``always`` for any
+    engine that takes them (PyTorch on the CPU too: how the device path is checked without a GPU), ``never``."""
 
     pre_workers: int | None = None
     post_workers: int | None = None
-    device_path: bool = True  # an engine that takes device tensors gets the device chain
+    device_path: DevicePath = "auto"
 
 
-def runs_on_device(engine: InferenceEngine) -> bool:
-    """Whether ``engine`` takes device tensors (``infer_device``) on a GPU, so the device chain can feed it."""
-    return callable(getattr(engine, "infer_device", None)) and getattr(engine, "on_gpu", False)
+def uses_device_chain(engine: InferenceEngine, mode: DevicePath = "auto") -> bool:
+    """Whether ``engine`` is fed by the device chain under ``mode``."""
+    takes_tensors = callable(getattr(engine, "infer_device", None))
+    if mode == "never" or not takes_tensors:
+        return False
+    return mode == "always" or bool(getattr(engine, "on_gpu", False))
 
 
 def default_stages(
@@ -44,7 +52,7 @@ def default_stages(
 ) -> list[BatchStage]:
     """The chain a batch goes through, for the engine the pipeline starts with."""
     settings = settings or StageSettings()
-    if settings.device_path and runs_on_device(engine):
+    if uses_device_chain(engine, settings.device_path):
         from edge_agent.stages.device import device_stages  # needs PyTorch
 
         return [*device_stages(engine, adapter), CameraFilters(filters)]
@@ -68,6 +76,7 @@ __all__ = [
     "StageSettings",
     "Work",
     "candidate_counts",
+    "DevicePath",
     "default_stages",
-    "runs_on_device",
+    "uses_device_chain",
 ]

@@ -1,0 +1,145 @@
+"""The device chain (upload, device pre-processing, ``infer_device``, device decode) against the host chain, on
+real models and the sample photos. It runs on PyTorch on the CPU here: the same code as on a GPU, less the
+CUDA streams and pinned memory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from edge_agent.adapters import ModelAdapter, adapter_for
+from edge_agent.engines import InferenceEngine, load_engine
+from edge_agent.errors import SwapError
+from edge_agent.frames import Batch, Frame
+from edge_agent.nanodet import load_labels
+from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.sources import open_sources
+from edge_agent.stages import ServingConfig, StageSettings, Work, default_stages
+from schemas import Detection
+from tests.conftest import IMAGES, LABELS, MODEL, VIDEO
+from tests.test_adapters import _ultralytics_layout, iou
+
+torch = pytest.importorskip("torch")
+from edge_agent.engines import pytorch as torch_backend  # noqa: E402
+
+if not torch_backend.available():
+    pytest.skip(f"pytorch backend: {torch_backend.missing_runtime()}", allow_module_level=True)
+
+from edge_agent.stages.device import DeviceDecode, DeviceInfer, DeviceUpload  # noqa: E402
+
+ALWAYS = StageSettings(device_path="always")
+
+
+def _images() -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(VIDEO))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    photos = [cv2.imread(str(IMAGES / n)) for n in ("dog.jpg", "person.jpg")]
+    return [*photos, frame]
+
+
+def _run_chain(engine: InferenceEngine, adapter: ModelAdapter, images: list[np.ndarray],
+               settings: StageSettings | None = None) -> list[list[Detection]]:
+    """Every stage of the chain the pipeline would build, called in turn on one batch."""
+    stages = default_stages(engine, adapter, {}, settings)
+    now = time.monotonic()
+    frames = [Frame("s", i, im, now, now + 10, time.time()) for i, im in enumerate(images)]
+    work = Work(Batch(frames, target_size=len(frames)), ServingConfig(engine, len(frames)))
+    for stage in stages:
+        stage.process(work)
+    for stage in stages:
+        stage.close()
+    return [f.detections for f in frames]
+
+
+def _found_in(a: list[Detection], b: list[Detection], threshold: float) -> None:
+    """Each confident detection of ``a`` is in ``b``: same class, box IoU >= 0.9. Confident: at least 0.05 over
+    the score bar, since the paths' inputs differ by a grey level here and there (OpenCV's fixed-point resize),
+    and a detection right at the bar may fall either side of it."""
+    confident = [d for d in a if d.score >= threshold + 0.05]
+    assert confident or not a
+    for d in confident:
+        assert max((iou(d.box, e.box) for e in b if e.label == d.label), default=0.0) >= 0.9, (d, b)
+
+
+class Family:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.host = load_engine(path, "onnxruntime")
+        self.device = load_engine(path, "pytorch", {"device": "cpu"})
+        labels = load_labels(LABELS)
+        self.adapter = adapter_for(path, self.host.input_size, self.host.output_names, None, None, labels)
+
+
+@pytest.fixture(scope="module", params=["nanodet", "yolo-v5", "yolo-ultralytics"])
+def family(request: pytest.FixtureRequest, yolov3_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Family:
+    if request.param == "nanodet":
+        return Family(MODEL)
+    if request.param == "yolo-v5":
+        return Family(yolov3_tiny)
+    path = tmp_path_factory.mktemp("ultralytics") / "yolov3-tiny-ultralytics.onnx"
+    onnx.save(_ultralytics_layout(onnx.load(str(yolov3_tiny))), str(path))
+    return Family(path)
+
+
+def test_the_device_chain_is_built_for_an_engine_that_takes_tensors(family: Family) -> None:
+    kinds = [type(s) for s in default_stages(family.device, family.adapter, {}, ALWAYS)][:3]
+    assert kinds == [DeviceUpload, DeviceInfer, DeviceDecode]
+    assert family.adapter.model_type == family.adapter.model_type
+    # On the CPU "auto" keeps the host chain: the device chain pays on a GPU.
+    assert not isinstance(default_stages(family.device, family.adapter, {})[0], DeviceUpload)
+
+
+def test_device_chain_gives_the_host_detections(family: Family) -> None:
+    images = _images()
+    host = _run_chain(family.host, family.adapter, images)
+    device = _run_chain(family.device, family.adapter, images, ALWAYS)
+    assert all(host), "every sample has objects"
+    bar = family.adapter.config.score_threshold
+    for h, d in zip(host, device, strict=True):
+        _found_in(h, d, bar)
+        _found_in(d, h, bar)
+
+
+def test_each_image_gives_the_same_alone_or_in_a_batch(family: Family) -> None:
+    images = _images()
+    together = _run_chain(family.device, family.adapter, images, ALWAYS)
+    for image, in_batch in zip(images, together, strict=True):
+        alone = _run_chain(family.device, family.adapter, [image], ALWAYS)[0]
+        assert [d.class_id for d in alone] == [d.class_id for d in in_batch]
+        for a, b in zip(alone, in_batch, strict=True):  # identical up to the float sums' order
+            assert abs(a.score - b.score) <= 1e-3 and max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) <= 0.2
+
+
+def test_fp16_stays_within_tolerance_of_fp32(family: Family) -> None:
+    half = load_engine(family.path, "pytorch", {"device": "cpu", "precision": "fp16"})
+    assert half.input_dtype == torch.float16
+    images = _images()
+    full = _run_chain(family.device, family.adapter, images, ALWAYS)
+    reduced = _run_chain(half, family.adapter, images, ALWAYS)
+    bar = family.adapter.config.score_threshold
+    for f, r in zip(full, reduced, strict=True):
+        assert f
+        _found_in(f, r, bar)
+        _found_in(r, f, bar)
+
+
+async def test_pipeline_serves_a_video_through_the_device_chain(engine, short_video: Path) -> None:
+    device_engine = load_engine(MODEL, "pytorch", {"device": "cpu"})
+    labels = load_labels(LABELS)
+    adapter = adapter_for(MODEL, device_engine.input_size, device_engine.output_names, None, None, labels)
+    sources = await open_sources([str(short_video)])
+    pipeline = Pipeline(sources, device_engine, adapter,
+                        PipelineConfig(batch_size=4, realtime=False, max_frames=12, stages=ALWAYS))
+    assert isinstance(pipeline.stages[0], DeviceUpload)
+    with pytest.raises(SwapError, match="host chain"):
+        pipeline.switch(engine=engine)  # an engine the device chain cannot feed: refused, nothing changes
+    summary = await pipeline.run()
+    assert summary.frames_in == summary.frames_out == 12 and summary.dropped == 0
+    assert summary.latency["pre"].count == 12 and summary.latency["infer"].count == 12
