@@ -31,7 +31,7 @@ from edge_agent.pipeline import FrameSink, Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.sinks import AnnotatedVideoSink, JsonLinesSink
 from edge_agent.sources import open_streams
-from edge_agent.stages import DetectionFilter
+from edge_agent.stages import DetectionFilter, StageSettings
 from edge_agent.streams import AdmissionSettings, StreamRoster, admission_sizes, load_device_profile, print_decisions
 from mqtt_bus.args import (
     OneLineErrorParser,
@@ -134,6 +134,13 @@ def add_run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--deadline-ms", type=bounded_float(0, 3_600_000), default=S,
                      help="end-to-end deadline per frame (default 1000)")
     run.add_argument("--max-frames", type=positive_int, default=S, help="stop after this many frames in total")
+    run.add_argument("--device-path", choices=["auto", "always", "never"], default=S,
+                     help="frames to the engine's GPU as uint8, pre- and post-processing there (default: auto, "
+                          "for an engine on a GPU that takes device tensors: --backend pytorch on CUDA)")
+    run.add_argument("--pre-workers", type=bounded_int(1, 256), default=S,
+                     help="host pre-processing threads (default: measured on the first batches)")
+    run.add_argument("--post-workers", type=bounded_int(1, 256), default=S,
+                     help="host decoding threads (default: measured on the first batches)")
     run.add_argument("--loop", action="store_true", default=S, help="loop video files (endless demo)")
     run.add_argument("--detections", type=Path, default=S, help="write detections as JSON lines here")
     run.add_argument("--annotated", type=Path, default=S, help="write annotated MJPG video per stream here")
@@ -285,7 +292,9 @@ async def run_command(args: argparse.Namespace) -> int:
     if engine.batch_sizes is not None and batch_size not in engine.batch_sizes:
         batch_size = min(engine.batch_sizes)
     config = PipelineConfig(
-        batch_size=batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames
+        batch_size=batch_size, realtime=args.realtime, deadline_ms=args.deadline_ms, max_frames=args.max_frames,
+        stages=StageSettings(pre_workers=args.pre_workers, post_workers=args.post_workers,
+                             device_path=args.device_path),
     )
     decoder = adapter_of(engine, args.model_type, given_labels, fallback_labels)
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -94,6 +94,13 @@ class PipelineSection(Section):
     fps: float | None = Field(default=None, gt=0, le=1000, description="frame rate of every camera without its own")
     max_frames: int | None = Field(default=None, ge=1, description="stop after this many frames in total")
     loop: bool = Field(default=False, description="loop video files")
+    device_path: Literal["auto", "always", "never"] = Field(
+        default="auto", description="frames to the GPU as uint8, pre/post there: auto (an engine on a GPU that "
+        "takes device tensors), always (PyTorch on the CPU too), never")
+    pre_workers: int | None = Field(default=None, ge=1, le=256, description="host pre-processing threads "
+                                    "(default: measured on the first batches)")
+    post_workers: int | None = Field(default=None, ge=1, le=256, description="host decoding threads "
+                                     "(default: measured on the first batches)")
 
 
 class AdmissionSection(Section):
@@ -219,6 +226,9 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "fps": ("pipeline.fps", "--fps"),
     "max_frames": ("pipeline.max_frames", "--max-frames"),
     "loop": ("pipeline.loop", "--loop"),
+    "device_path": ("pipeline.device_path", "--device-path"),
+    "pre_workers": ("pipeline.pre_workers", "--pre-workers"),
+    "post_workers": ("pipeline.post_workers", "--post-workers"),
     "admission": ("admission.enabled", "--no-admission"),
     "profile": ("admission.profile", "--profile"),
     "headroom": ("admission.headroom", "--headroom"),
