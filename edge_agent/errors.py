@@ -42,3 +42,13 @@ class OrderRefused(SwapError):
         super().__init__(detail)
         self.reason: RefusalReason = reason
         self.detail = detail
+
+
+class OutOfMemoryAtBatchSize(SwapError):
+    """The device ran out of memory inferring a batch size: that size is refused, the previous one serves on."""
+
+    def __init__(self, batch_size: int, fallback: int, figure: str) -> None:
+        super().__init__(f"batch size {batch_size} ran out of device memory ({figure}); serving batch size "
+                         f"{fallback} again")
+        self.batch_size = batch_size
+        self.fallback = fallback

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from edge_agent.adapters import AdapterError, ModelAdapter
-from edge_agent.engines import InferenceEngine
-from edge_agent.errors import SourceError, SwapError
+from edge_agent.engines import InferenceEngine, is_out_of_memory
+from edge_agent.errors import OutOfMemoryAtBatchSize, SourceError, SwapError
 from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import is_valid_image
 from edge_agent.sources import Backoff, SourceHealth, VideoSource, monotonic_to_wall, one_line, redact
@@ -141,6 +141,8 @@ class Pipeline:
         ]
         self._stopping = asyncio.Event()
         self._accepted = 0
+        self._last_good: ServingConfig | None = None  # the last serving config a batch was inferred with
+        self.refused_sizes: dict[int, str] = {}  # batch sizes the device ran out of memory at, and why
         # One thread per stage: a stage sees its batches in order; its own workers (if any) fan out inside.
         self._stage_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"stage-{n}") for n in names]
         # Opens of live sources: their own threads, so dead cameras (each open blocking up to its timeout)
@@ -536,11 +538,45 @@ class Pipeline:
             if isinstance(item, _EndOfStream):
                 await outbox.put(END)
                 return
-            await loop.run_in_executor(pool, stage.process, item)
+            try:
+                await loop.run_in_executor(pool, stage.process, item)
+            except Exception as exc:
+                if stage.name != "infer" or not is_out_of_memory(exc):
+                    raise
+                await loop.run_in_executor(pool, self._after_out_of_memory, stage, item, exc)
+            else:
+                if stage.name == "infer":
+                    self._last_good = item.serving
             switched = item.serving.switched
             if stage.name == "infer" and switched is not None and not switched.done():
                 switched.set_result(time.monotonic())  # the first batch at the new setting is inferred
             await outbox.put(item)
+
+    def _after_out_of_memory(self, stage: BatchStage, item: Work, exc: BaseException) -> None:
+        """The device ran out of memory inferring ``item``: its batch size is refused (the switch that asked for it
+        fails with the figure), the size that served before serves again from the next batch, and this batch is
+        inferred in slices of that size, so no frame is lost. Runs on the infer stage's thread."""
+        failed, fallback = item.serving, self._last_good
+        if fallback is None or fallback.batch_size >= failed.batch_size:
+            raise exc  # nothing smaller has served: there is no size to fall back to
+        figure = one_line(str(exc))[:300]
+        memory = failed.engine.memory_bytes()
+        if memory:
+            figure += f"; the engine holds {memory / 2**20:.0f} MiB"
+        error = OutOfMemoryAtBatchSize(failed.batch_size, fallback.batch_size, figure)
+        log.warning("%s", error)
+        self._loop.call_soon_threadsafe(self._refuse_size, failed, fallback, error)
+        item.batch.carry["max_rows"] = fallback.batch_size
+        stage.process(item)
+
+    def _refuse_size(self, failed: ServingConfig, fallback: ServingConfig, error: OutOfMemoryAtBatchSize) -> None:
+        if self.serving is failed:  # no newer switch came meanwhile: serve the size that fitted
+            self.serving = ServingConfig(failed.engine, fallback.batch_size, failed.model, failed.version,
+                                         failed.generation, None, failed.artifact_sha256)
+        if failed.switched is not None and not failed.switched.done():
+            failed.switched.set_exception(error)
+            failed.switched.exception()  # retrieved here; the reconciler reads it when it waits on it
+        self.refused_sizes[failed.batch_size] = str(error)
 
     async def _finish(self) -> None:
         """Account each finished batch and hand its frames to the sinks."""
@@ -566,6 +602,7 @@ class Pipeline:
                 await asyncio.to_thread(s.open)
                 s.health.enter("live")
         t0 = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         self.started.set()
         try:
             async with asyncio.TaskGroup() as tg:

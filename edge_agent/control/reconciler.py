@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_agent.engines import InferenceEngine
-from edge_agent.errors import OrderRefused
+from edge_agent.errors import OrderRefused, OutOfMemoryAtBatchSize
 from edge_agent.pipeline import Pipeline
 from edge_agent.probes import ResourceProbe
 from edge_agent.swap import EngineSwapper, MemoryGuard
@@ -283,7 +283,10 @@ class Reconciler:
         if not switched.done() or switched.cancelled():
             # The next order switches from here (its switch cancels this one's future).
             raise _Superseded
-        first_batch = switched.result()
+        try:
+            first_batch = switched.result()
+        except OutOfMemoryAtBatchSize as exc:
+            raise OrderRefused("memory", f"switch to {detail} refused: {exc}") from exc
         timings["switch"] = _ms(first_batch - t)
         first_batch_wall = time.time() - (time.monotonic() - first_batch)
         timings["decision_to_first_batch"] = _ms(first_batch_wall - desired.ts)

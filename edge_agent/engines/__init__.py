@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.engines import onnxruntime as _ort
-from edge_agent.engines.base import InferenceEngine, padded_batch_size, run_padded, stack_padded
+from edge_agent.engines.base import (
+    InferenceEngine,
+    is_out_of_memory,
+    padded_batch_size,
+    run_padded,
+    stack_padded,
+)
 from edge_agent.errors import BackendUnavailable
 
 EngineFactory = Callable[..., InferenceEngine]  # (path, **the backend's options: engines/settings.py)
@@ -59,5 +65,5 @@ def available_backends() -> list[str]:
     return found
 
 
-__all__ = ["BACKENDS", "InferenceEngine", "available_backends", "load_engine", "padded_batch_size", "run_padded",
-           "stack_padded"]
+__all__ = ["BACKENDS", "InferenceEngine", "available_backends", "is_out_of_memory", "load_engine", "padded_batch_size",
+           "run_padded", "stack_padded"]

@@ -35,6 +35,15 @@ class InferenceEngine(Protocol):
     def close(self) -> None: ...
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a backend running out of (device) memory: PyTorch's ``OutOfMemoryError``, CUDA's
+    and ONNX Runtime's allocation failures, Python's ``MemoryError``."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation"))
+
+
 def padded_batch_size(engine: InferenceEngine, frames: int) -> int:
     """The batch the engine must run to serve ``frames`` images (static engines pad)."""
     sizes = engine.batch_sizes

@@ -128,7 +128,12 @@ class DeviceInfer(_Streamed):
         start = time.monotonic()
         with torch.inference_mode(), self._context():
             self._wait(batch.carry.pop("uploaded", None))
-            batch.outputs = engine.infer_device(batch.tensor)  # type: ignore[attr-defined]
+            rows = batch.carry.get("max_rows")
+            if rows:  # after an out-of-memory: the batch in slices of a size that fits, outputs joined
+                slices = [engine.infer_device(part) for part in batch.tensor.split(rows)]  # type: ignore[attr-defined]
+                batch.outputs = {k: torch.cat([o[k] for o in slices]) for k in slices[0]}
+            else:
+                batch.outputs = engine.infer_device(batch.tensor)  # type: ignore[attr-defined]
             if self.stream is not None:
                 self.stream.synchronize()  # the batch's inference time, and its outputs ready for decoding
         end = time.monotonic()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 
-from edge_agent.engines import InferenceEngine
+import numpy as np
+
+from edge_agent.engines import InferenceEngine, run_padded
 from edge_agent.stages.base import Work
 
 
@@ -23,7 +25,13 @@ class HostInfer:
         batch = work.batch
         assert batch.tensor is not None, "a pre-processing stage comes first"
         start = time.monotonic()
-        batch.outputs = engine.infer(batch.tensor)
+        rows = batch.carry.get("max_rows")
+        if rows:  # after an out-of-memory: the batch in slices of a size that fits, outputs joined
+            slices = [run_padded(engine, batch.tensor[i:i + rows]) for i in range(0, batch.tensor.shape[0], rows)]
+            batch.outputs = {k: np.concatenate([o[k][:min(rows, batch.tensor.shape[0] - i * rows)]
+                                                for i, o in enumerate(slices)]) for k in slices[0]}
+        else:
+            batch.outputs = engine.infer(batch.tensor)
         end = time.monotonic()
         batch.tensor = None  # free the input early
         batch.infer_ms = (end - start) * 1000.0

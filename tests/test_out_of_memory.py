@@ -1,0 +1,127 @@
+"""A batch size the device runs out of memory at: refused with the figure, the previous size serves on, no frame
+is lost, and the refusal reaches the controller.
+
+No GPU here: the engine is the real ONNX Runtime engine behind a wrapper that raises PyTorch's real
+``OutOfMemoryError`` (with CUDA's message) above a number of rows, as a GPU with that much memory would. The
+pipeline, the agent, mosquitto and the controller's view are all real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.engines import InferenceEngine, is_out_of_memory, load_engine
+from edge_agent.errors import OutOfMemoryAtBatchSize
+from edge_agent.frames import Frame
+from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.probes.host import HostProbe
+from edge_agent.settings import AgentSettings
+from edge_agent.sources import open_sources
+from schemas import Topics
+from tests.conftest import MODEL
+from tests.mqtt_helpers import eventually, observing
+from tests.test_order_lifecycle import last_status, order, running
+
+torch = pytest.importorskip("torch")
+
+CUDA_MESSAGE = ("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+                "1.02 GiB is free.")
+
+
+class MemoryBound:
+    """The real engine, as on a device whose memory holds at most ``max_rows`` rows of input."""
+
+    def __init__(self, engine: InferenceEngine, max_rows: int) -> None:
+        self.engine = engine
+        self.max_rows = max_rows
+        self.backend, self.path = engine.backend, engine.path
+        self.input_size, self.output_names = engine.input_size, engine.output_names
+        self.rows_run: list[int] = []
+
+    @property
+    def batch_sizes(self) -> frozenset[int] | None:
+        return self.engine.batch_sizes
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if batch.shape[0] > self.max_rows:
+            raise torch.cuda.OutOfMemoryError(CUDA_MESSAGE)
+        self.rows_run.append(batch.shape[0])
+        return self.engine.infer(batch)
+
+    def memory_bytes(self) -> int | None:
+        return 3 * 2**30
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def test_out_of_memory_is_told_from_other_errors() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError(CUDA_MESSAGE))
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.batches: list[int] = []
+
+    async def write(self, frames: Sequence[Frame]) -> None:
+        self.frames.extend(frames)
+        self.batches.append(len(frames))
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_size_that_runs_out_of_memory_is_refused_and_no_frame_is_lost(decoder, short_video) -> None:
+    engine = MemoryBound(load_engine(MODEL), max_rows=4)
+    sink = Collect()
+    sources = await open_sources([str(short_video), str(short_video)])
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2, realtime=False), [sink])
+    switched: list[asyncio.Future[float]] = []
+
+    def on_batch(batch, serving) -> None:
+        if len(sink.batches) == 3 and not switched:
+            switched.append(pipeline.set_batch_size(8))
+
+    pipeline.batch_listeners.append(on_batch)
+    summary = await pipeline.run()
+    assert summary.frames_in == summary.frames_out == 80, "every frame served, the refused batches in slices"
+    assert summary.dropped == 0
+    with pytest.raises(OutOfMemoryAtBatchSize) as refused:
+        switched[0].result()
+    text = str(refused.value)
+    assert "batch size 8 ran out of device memory" in text and "Tried to allocate 1.50 GiB" in text
+    assert "3072 MiB" in text and "serving batch size 2 again" in text
+    assert pipeline.batch_size == 2 and 8 in pipeline.refused_sizes
+    assert max(engine.rows_run) <= 4, "nothing larger than fits ran"
+    for stream in ("s0", "s1"):
+        seqs = [f.seq for f in sink.frames if f.stream_id == stream]
+        assert seqs == list(range(40)), "in order, none lost"
+    assert all(f.detections for f in sink.frames)
+
+
+async def test_the_refusal_reaches_the_controller_and_the_old_size_serves_on(broker, prefix, decoder,
+                                                                              short_video) -> None:
+    topics = Topics(prefix)
+    sources = await open_sources([str(short_video)], loop=True)
+    pipeline = Pipeline(sources, MemoryBound(load_engine(MODEL), max_rows=4), decoder, PipelineConfig(batch_size=2))
+    settings = AgentSettings(broker_url=broker.url, agent_id="cam1", prefix=prefix, telemetry_interval_s=0.5)
+    agent = Agent(pipeline, HostProbe(), settings)
+    async with observing(broker.url, f"{prefix}/#") as obs, running(agent):
+        await eventually(lambda: obs.on(topics.status("cam1")), 10, "status")
+        refused = await order(obs, topics, 1, batch_size=8)
+        assert refused.kind == "desired_refused" and refused.refusal == "memory", refused
+        assert "ran out of device memory" in refused.detail and "Tried to allocate" in refused.detail
+        await eventually(lambda: last_status(obs, topics).last_order is not None, 10, "status with the outcome")
+        assert last_status(obs, topics).last_order.refusal == "memory"
+        assert agent.pipeline.batch_size == 2
+        out = agent.pipeline.stats.frames_out
+        await eventually(lambda: agent.pipeline.stats.frames_out > out + 4, 20, "batch 2 still serves")
+        assert (await order(obs, topics, 2, batch_size=4)).kind == "desired_applied", "a size that fits is taken"
