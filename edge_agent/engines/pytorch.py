@@ -80,7 +80,7 @@ class PyTorchEngine:
     backend = KEY
 
     def __init__(self, path: str | Path, device: str | None = None,
-                 precision: Literal["auto", "fp32", "fp16"] = "auto") -> None:
+                 precision: Literal["auto", "fp32", "fp16"] = "auto", cuda_graphs: bool = False) -> None:
         problem = missing_runtime()
         if problem:
             raise BackendUnavailable(problem)
@@ -108,6 +108,10 @@ class PyTorchEngine:
         self.input_dtype = torch.float16 if self.precision == "fp16" else torch.float32
         if self.precision == "fp16":
             self._module = self._module.half()
+        from edge_agent.engines.torch_graph import GraphRunner, fold_constant_pads
+
+        self.pads_folded = fold_constant_pads(self._module)
+        self._run = GraphRunner(self._module, self.device) if cuda_graphs and self.on_gpu else self._module
 
     @property
     def on_gpu(self) -> bool:
@@ -116,7 +120,7 @@ class PyTorchEngine:
     def infer_device(self, batch: Any) -> dict[str, Any]:
         """Run a ``[B, 3, H, W]`` tensor already on the device (of ``input_dtype``); the outputs stay there."""
         with torch.inference_mode():
-            outputs = self._module(batch.to(self.input_dtype))
+            outputs = self._run(batch.to(self.input_dtype))
         if not isinstance(outputs, (tuple, list)):
             outputs = (outputs,)
         return dict(zip(self._output_names, outputs, strict=True))
@@ -128,7 +132,7 @@ class PyTorchEngine:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device, self.input_dtype)
-            outputs = self._module(tensor)
+            outputs = self._run(tensor)
             if not isinstance(outputs, (tuple, list)):
                 outputs = (outputs,)
             host = [o.float().cpu().numpy() for o in outputs]  # .cpu() waits for the GPU
@@ -140,6 +144,6 @@ class PyTorchEngine:
         return int(torch.cuda.memory_reserved(self.device))
 
     def close(self) -> None:
-        self._module = None
+        self._module = self._run = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -28,6 +28,8 @@ class PyTorchSettings(BackendSettings):
                                description="cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
     precision: Literal["auto", "fp32", "fp16"] | None = Field(
         default=None, description="auto (default): fp16 on a GPU, fp32 on the CPU")
+    cuda_graphs: bool | None = Field(default=None, description="replay a CUDA graph per batch size (default off: "
+                                     "not yet measured on a GPU)")
 
 
 class TensorRtSettings(BackendSettings):
