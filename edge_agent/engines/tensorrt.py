@@ -83,6 +83,14 @@ def device_facts() -> dict[str, str]:
     }
 
 
+def _torch_dtype(dtype: np.dtype) -> Any:
+    """The torch dtype of an engine binding's NumPy dtype, for the device chain's output tensors."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32, "int64": torch.int64,
+            "int8": torch.int8, "bool": torch.bool}[dtype.name]
+
+
 @dataclass
 class _Binding:
     name: str
@@ -183,6 +191,43 @@ class TensorRtEngine:
             results[name] = out
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {k: v.astype(np.float32, copy=False) for k, v in results.items()}
+
+    # --- the device chain (edge_agent/stages/device.py): input and outputs stay on the GPU --------------------
+
+    device = "cuda"
+    on_gpu = True
+
+    @property
+    def input_dtype(self) -> Any:
+        """The torch dtype the device chain pre-processes into: the engine's own input type (fp16 for an
+        engine built with an fp16 input, else fp32)."""
+        import torch
+
+        return torch.float16 if self._bindings[self._input].dtype == np.float16 else torch.float32
+
+    def infer_device(self, batch: Any) -> dict[str, Any]:
+        """Run a torch CUDA tensor ``[B, 3, H, W]`` on torch's current stream; the outputs are torch CUDA tensors
+        (copied out of the engine's buffers, which the next batch reuses). Nothing crosses to the host."""
+        import torch
+
+        size = int(batch.shape[0])
+        context = self._context_for(size)
+        source = batch.to(self.input_dtype).contiguous()
+        context.set_input_shape(self._input, tuple(source.shape))
+        stream = torch.cuda.current_stream().cuda_stream
+        d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        _check(cudart.cudaMemcpyAsync(self._bindings[self._input].device_ptr, source.data_ptr(),
+                                      source.numel() * source.element_size(), d2d, stream), "copy input")
+        if not context.execute_async_v3(stream):
+            raise RuntimeError(f"TensorRT execution failed for batch {size}")
+        outputs: dict[str, Any] = {}
+        for name in self._outputs:
+            b = self._bindings[name]
+            out = torch.empty(tuple(context.get_tensor_shape(name)), dtype=_torch_dtype(b.dtype), device="cuda")
+            _check(cudart.cudaMemcpyAsync(out.data_ptr(), b.device_ptr, out.numel() * out.element_size(), d2d,
+                                          stream), "copy output")
+            outputs[name] = out
+        return outputs
 
     def memory_bytes(self) -> int | None:
         buffers = sum(b.capacity_bytes for b in self._bindings.values())
