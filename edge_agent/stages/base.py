@@ -51,3 +51,36 @@ class BatchStage(Protocol):
     def close(self) -> None:
         """Release threads and buffers; called once, after the last batch."""
         ...
+
+
+class EngineHandOver:
+    """Closes the engine a swap replaced once its last batch is inferred: inference is sequential, so that is
+    the batch before the first on the new one. Owned by the infer stage."""
+
+    def __init__(self) -> None:
+        self._last: InferenceEngine | None = None
+
+    def serving(self, engine: InferenceEngine) -> None:
+        if self._last is not None and self._last is not engine:
+            self._last.close()
+        self._last = engine
+
+    def forget(self) -> None:
+        self._last = None  # the pipeline's owner closes the engine it serves with
+
+
+def record_stage(batch: Batch, stage: str, start: float, end: float) -> None:
+    """The batch's time in ``stage`` (pre, infer or post), and each frame's timestamps for it."""
+    ms = (end - start) * 1000.0
+    if stage == "pre":
+        batch.pre_ms = ms
+        for f in batch.frames:
+            f.t_pre_start, f.t_pre_end = start, end
+    elif stage == "infer":
+        batch.infer_ms = ms
+        for f in batch.frames:
+            f.t_infer_start, f.t_infer_end = start, end
+    else:
+        batch.post_ms = ms
+        for f in batch.frames:
+            f.t_post_end = end

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_agent.adapters import ModelAdapter
-from edge_agent.stages.base import Work
+from edge_agent.stages.base import Work, record_stage
 from edge_agent.stages.workers import MeasuredWorkers
 
 
@@ -32,12 +32,10 @@ class HostDecode:
             return self.adapter.decode_batch(one, [frames[i].image.shape[:2]])[0]
 
         detections = self.workers.map(decode, range(len(frames)))
-        end = time.monotonic()
         batch.outputs = None
-        batch.post_ms = (end - start) * 1000.0
         for f, dets in zip(frames, detections, strict=True):
             f.detections = dets
-            f.t_post_end = end
+        record_stage(batch, "post", start, time.monotonic())
 
     def close(self) -> None:
         self.workers.close()

@@ -22,7 +22,7 @@ from edge_agent.adapters import ModelAdapter
 from edge_agent.device import detections_on_device, preprocess_on_device
 from edge_agent.device.decode import candidates_for
 from edge_agent.engines import InferenceEngine, padded_batch_size
-from edge_agent.stages.base import BatchStage, Work
+from edge_agent.stages.base import BatchStage, EngineHandOver, Work, record_stage
 
 
 def _device_of(engine: InferenceEngine) -> torch.device:
@@ -103,10 +103,7 @@ class DeviceUpload(_Streamed):
             batch.tensor = preprocess_on_device(on_device, self.adapter.spec, rows, self.dtype)
             batch.carry["uploaded"] = self._record()
         batch.engine_batch_size = rows
-        end = time.monotonic()
-        batch.pre_ms = (end - start) * 1000.0
-        for f in batch.frames:
-            f.t_pre_start, f.t_pre_end = start, end
+        record_stage(batch, "pre", start, time.monotonic())
 
     def close(self) -> None:
         self._pinned.clear()
@@ -117,13 +114,11 @@ class DeviceInfer(_Streamed):
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
-        self._last: InferenceEngine | None = None
+        self._engines = EngineHandOver()
 
     def process(self, work: Work) -> None:
         engine = work.serving.engine
-        if self._last is not None and self._last is not engine:
-            self._last.close()
-        self._last = engine
+        self._engines.serving(engine)
         batch = work.batch
         start = time.monotonic()
         with torch.inference_mode(), self._context():
@@ -136,14 +131,11 @@ class DeviceInfer(_Streamed):
                 batch.outputs = engine.infer_device(batch.tensor)  # type: ignore[attr-defined]
             if self.stream is not None:
                 self.stream.synchronize()  # the batch's inference time, and its outputs ready for decoding
-        end = time.monotonic()
         batch.tensor = None
-        batch.infer_ms = (end - start) * 1000.0
-        for f in batch.frames:
-            f.t_infer_start, f.t_infer_end = start, end
+        record_stage(batch, "infer", start, time.monotonic())
 
     def close(self) -> None:
-        self._last = None
+        self._engines.forget()
 
 
 class DeviceDecode(_Streamed):
@@ -161,12 +153,10 @@ class DeviceDecode(_Streamed):
         with torch.inference_mode(), self._context():
             detections = detections_on_device(batch.outputs, self.adapter,
                                               [f.image.shape[:2] for f in batch.frames], self.adapter.config)
-        end = time.monotonic()
         batch.outputs = None
-        batch.post_ms = (end - start) * 1000.0
         for f, dets in zip(batch.frames, detections, strict=True):
             f.detections = dets
-            f.t_post_end = end
+        record_stage(batch, "post", start, time.monotonic())
 
     def close(self) -> None:
         pass

@@ -7,21 +7,19 @@ import time
 
 import numpy as np
 
-from edge_agent.engines import InferenceEngine, run_padded
-from edge_agent.stages.base import Work
+from edge_agent.engines import run_padded
+from edge_agent.stages.base import EngineHandOver, Work, record_stage
 
 
 class HostInfer:
     name = "infer"
 
     def __init__(self) -> None:
-        self._last: InferenceEngine | None = None
+        self._engines = EngineHandOver()
 
     def process(self, work: Work) -> None:
         engine = work.serving.engine
-        if self._last is not None and self._last is not engine:
-            self._last.close()
-        self._last = engine
+        self._engines.serving(engine)
         batch = work.batch
         assert batch.tensor is not None, "a pre-processing stage comes first"
         start = time.monotonic()
@@ -32,11 +30,8 @@ class HostInfer:
                                                 for i, o in enumerate(slices)]) for k in slices[0]}
         else:
             batch.outputs = engine.infer(batch.tensor)
-        end = time.monotonic()
         batch.tensor = None  # free the input early
-        batch.infer_ms = (end - start) * 1000.0
-        for f in batch.frames:
-            f.t_infer_start, f.t_infer_end = start, end
+        record_stage(batch, "infer", start, time.monotonic())
 
     def close(self) -> None:
-        self._last = None  # the pipeline's owner closes the engine it serves with
+        self._engines.forget()

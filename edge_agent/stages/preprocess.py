@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import padded_batch_size
-from edge_agent.stages.base import Work
+from edge_agent.stages.base import Work, record_stage
 from edge_agent.stages.workers import MeasuredWorkers
 
 
@@ -35,10 +35,7 @@ class HostPreprocess:
         self.workers.map(fill, range(len(batch.frames)))
         batch.tensor = tensor
         batch.engine_batch_size = rows
-        end = time.monotonic()
-        batch.pre_ms = (end - start) * 1000.0
-        for f in batch.frames:
-            f.t_pre_start, f.t_pre_end = start, end
+        record_stage(batch, "pre", start, time.monotonic())
 
     def close(self) -> None:
         self.workers.close()
