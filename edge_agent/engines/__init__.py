@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,9 +60,12 @@ def available_backends() -> list[str]:
             found.append("tensorrt")
     except ImportError:
         pass
-    from edge_agent.engines import pytorch as _torch
-
-    if _torch.available():
+    # Whether PyTorch and onnx2torch are installed, without importing them: importing torch takes seconds, and the
+    # agent's first status (which lists these) must not wait for it. A broken install says so when loaded.
+    if "edge_agent.engines.pytorch" in sys.modules:
+        if sys.modules["edge_agent.engines.pytorch"].available():
+            found.append("pytorch")
+    elif all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx2torch")):
         found.append("pytorch")
     return found
 
