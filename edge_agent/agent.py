@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from edge_agent.control import Reconciler
 from edge_agent.engines import available_backends
@@ -23,6 +24,7 @@ from edge_agent.swap import EngineSwapper
 from mqtt_bus import IncomingMessage, MqttBus, Subscription, WillMessage
 from mqtt_bus.bus import raise_if_cancelling
 from schemas import (
+    MODEL_TYPES,
     AdmissionFigures,
     AgentEvent,
     AgentStatus,
@@ -31,6 +33,7 @@ from schemas import (
     EventKind,
     ModelAnnouncement,
     ModelTopic,
+    ModelType,
     PayloadError,
     RefusalReason,
     RunSummary,
@@ -132,6 +135,13 @@ class Agent:
             )
         return self._capabilities
 
+    @property
+    def model_type(self) -> ModelType | None:
+        """The detector family the pipeline's adapter decodes, as the status reports it (None: not one the
+        wire knows)."""
+        family = self.pipeline.decoder.model_type
+        return cast(ModelType, family) if family in MODEL_TYPES else None
+
     def status(self, state: str = "online") -> AgentStatus:
         serving = self.pipeline.serving
         return AgentStatus(
@@ -139,7 +149,8 @@ class Agent:
             state=state,  # type: ignore[arg-type]
             capabilities=self.capabilities(),
             serving=ServingState(model=serving.model, version=serving.version, batch_size=serving.batch_size,
-                                 backend=serving.engine.backend, servable_batch_sizes=self.reconciler.servable),
+                                 backend=serving.engine.backend, servable_batch_sizes=self.reconciler.servable,
+                                 model_type=self.model_type),
             applied_generation=self.applied_generation,
             last_order=self.reconciler.last_order,
             metrics_address=self.metrics_address,
@@ -277,7 +288,7 @@ class Agent:
 
     async def _on_serving_model_announced(self, announcement: ModelAnnouncement) -> None:
         assert self.swap_handler is not None
-        await self.swap_handler.prefetch(announcement, self.pipeline.batch_size)
+        await self.swap_handler.prefetch(announcement, self.pipeline.batch_size, self.pipeline.decoder.model_type)
         before = self.reconciler.servable
         if await self.reconciler.refresh_servable() != before:
             await self.publish_status()  # the controller bounds its orders by these sizes

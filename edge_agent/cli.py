@@ -92,6 +92,15 @@ def adapter_of(engine: InferenceEngine, model_type: str | None, labels: list[str
         raise ModelError(engine.path, str(exc)) from exc
 
 
+def recorded_model_type(given: str | None, info: ArtifactInfo) -> str | None:
+    """``--model-type``, else the type the registry records for the artifact (a TensorRT plan has no graph
+    to infer it from); the two must agree."""
+    if given is not None and info.model_type is not None and given != info.model_type:
+        raise EdgeAgentError(f"--model-type {given}, but the registry records {info.name} {info.version} as "
+                             f"{info.model_type}")
+    return given or info.model_type
+
+
 def load_labels_for(model: Path, labels: Path | None) -> list[str]:
     path = labels or (model.parent / "coco.names" if (model.parent / "coco.names").exists() else DEFAULT_LABELS)
     if not path.exists():
@@ -259,6 +268,7 @@ async def run_command(args: argparse.Namespace) -> int:
     probe = auto_probe()
     swapper = None
     model_name, model_version, artifact_sha = args.model.stem, "local", None
+    model_type = args.model_type
     if args.registry:
         from edge_agent.swap import ArtifactCache, EngineSwapper, local_device_target
         from model_registry.errors import RegistryError
@@ -275,6 +285,7 @@ async def run_command(args: argparse.Namespace) -> int:
         except RegistryError as exc:
             raise EdgeAgentError(f"registry {redact(args.registry)}: {exc}") from exc
         model_name, model_version, artifact_sha = info.name, info.version, info.sha256
+        model_type = recorded_model_type(args.model_type, info)
     else:
         engine = await asyncio.to_thread(load_engine, args.model, args.backend,
                                          args.settings.backends.options().get(args.backend))
@@ -296,7 +307,7 @@ async def run_command(args: argparse.Namespace) -> int:
         stages=StageSettings(pre_workers=args.pre_workers, post_workers=args.post_workers,
                              device_path=args.device_path),
     )
-    decoder = adapter_of(engine, args.model_type, given_labels, fallback_labels)
+    decoder = adapter_of(engine, model_type, given_labels, fallback_labels)
     pipeline = Pipeline(sources, engine, decoder, config, sinks, model=model_name,
                         version=model_version, artifact_sha256=artifact_sha)
     pipeline.detection_filters.update(pipeline_filters)
@@ -439,6 +450,7 @@ def profile_command(args: argparse.Namespace) -> int:
     fallback_labels = load_labels_for(args.model, None)
     engine_for = None
     model_label, backend_label = str(args.model), args.backend
+    model_type = args.model_type
     if args.registry:
         swapper, picked = asyncio.run(registry_engines(args))
 
@@ -450,13 +462,14 @@ def profile_command(args: argparse.Namespace) -> int:
             return load_engine(path, backend), f"{backend} {info.id[:12]} {sizes} {info.precision}"
 
         first = next(iter(picked.values()))[1]
+        model_type = recorded_model_type(args.model_type, first)
         model_label = f"{first.name} {first.version} from {args.registry}"
         backend_label = "+".join(sorted({swapper.backend_for(info) for _, info in picked.values()}))
         engine, _ = engine_for(min(picked))
     else:
         engine = load_engine(args.model, args.backend)  # fail fast with a clear error on a bad model
     try:
-        decoder = adapter_of(engine, args.model_type, given_labels, fallback_labels)
+        decoder = adapter_of(engine, model_type, given_labels, fallback_labels)
     finally:
         engine.close()
     probe = auto_probe()

@@ -226,10 +226,15 @@ class EngineSwapper:
         timings["warmup"] = round((time.monotonic() - t) * 1000, 2)
         return engine, timings
 
-    async def prefetch(self, announcement: ModelAnnouncement, batch_size: int) -> None:
-        """Fetch the announced version's artifact for the current batch size ahead of an order."""
+    async def prefetch(self, announcement: ModelAnnouncement, batch_size: int, model_type: str | None = None) -> None:
+        """Fetch the announced version's artifact for the current batch size ahead of an order; not one
+        recorded as another ``model_type`` than the agent decodes (an order for it would be refused)."""
         info = pick_artifact(announcement.artifacts, batch_size, self.device)
         if info is None:
+            return
+        if model_type is not None and info.model_type not in (None, model_type):
+            log.info("not prefetching %s %s: a %s model, this agent decodes %s", info.name, info.version,
+                     info.model_type, model_type)
             return
         try:
             await self.cache.ensure(self.store, info)

@@ -21,7 +21,7 @@ from model_registry.registry import Registry, fetch_verified
 from model_registry.stores import open_store
 from mqtt_bus import publish_once
 from mqtt_bus.args import OneLineErrorParser, add_broker_options, batch_list, bounded_int, broker_settings, segment
-from schemas import ArtifactInfo, ArtifactTarget, ModelAnnouncement, Topics, encode
+from schemas import MODEL_TYPES, ArtifactInfo, ArtifactTarget, ModelAnnouncement, Topics, encode
 
 PROGRESS_MIN_BYTES = 1 << 20
 
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     push.add_argument("--export-static", type=batch_list, default=None,
                       help="also store one static-batch ONNX per size, e.g. 1,2,4,8,16")
+    push.add_argument("--model-type", choices=MODEL_TYPES, default=None,
+                      help="detector family (the edge agent's adapter); default: inferred from an ONNX model where "
+                      "its outputs say it unambiguously, else what its version records, else unknown. One the "
+                      "model contradicts is refused")
     add_broker_options(push, None, "announce on {prefix}/models/{name} (retained)")
     push.add_argument("--prefix", default="edgebatch")
     ls = sub.add_parser("list", help="list artifacts as a table (or --json)", parents=[common])
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--fp16", action="store_true")
     build.add_argument("--profiles", action="store_true", help="one engine, an optimization profile per size")
     build.add_argument("--workdir", type=Path, default=Path("build/engines"))
+    build.add_argument("--model-type", choices=MODEL_TYPES, default=None,
+                       help="detector family recorded with the engines; default: inferred from --onnx")
     darknet = sub.add_parser("convert-darknet", help="darknet .cfg + .weights -> ONNX (yolo layers decoded in the "
                              "graph: a [B, N, 5+C] head, served as --model-type yolo-v5)")
     darknet.add_argument("cfg", type=Path)
@@ -116,10 +122,11 @@ async def run(args: argparse.Namespace) -> int:
                 raise RegistryError(f"{args.file}: file not found")
             with transfer_bar(f"push {args.file.name}", args.file.stat().st_size) as progress:
                 pushed = await registry.push(args.file, args.name, args.version, args.batch_sizes, args.format,
-                                             args.precision, None, args.export_static, progress)
+                                             args.precision, None, args.export_static, progress, args.model_type)
             for a in pushed:
                 console.print(f"pushed {a.id}  {a.name} {a.version} {a.format} batch {a.batch_sizes}"
-                              f"{' (dynamic)' if a.dynamic_batch else ''}  sha256 {a.sha256[:12]}  {a.size_bytes} B")
+                              f"{' (dynamic)' if a.dynamic_batch else ''}  type {a.model_type or 'unknown'}  "
+                              f"sha256 {a.sha256[:12]}  {a.size_bytes} B")
             if args.broker:
                 console.print(f"announced on {Topics(args.prefix).model(args.name)}")
         elif args.command == "list":
@@ -129,12 +136,12 @@ async def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rows, indent=2))
                 return 0
             table = Table(title=f"artifacts in {store.location}")
-            for col in ("id", "name", "version", "format", "batch sizes", "target", "sha256", "size"):
+            for col in ("id", "name", "version", "type", "format", "batch sizes", "target", "sha256", "size"):
                 table.add_column(col)
             for a in sorted(found, key=lambda a: (a.name, a.version, a.format, a.batch_sizes)):
                 sizes = ",".join(map(str, a.batch_sizes)) + (" (dyn)" if a.dynamic_batch else "")
-                table.add_row(a.id, a.name, a.version, a.format, sizes, a.target.platform, a.sha256[:12],
-                              f"{a.size_bytes / 2**20:.1f} MiB")
+                table.add_row(a.id, a.name, a.version, a.model_type or "?", a.format, sizes, a.target.platform,
+                              a.sha256[:12], f"{a.size_bytes / 2**20:.1f} MiB")
             console.print(table)
         elif args.command == "pull":
             if args.id:

@@ -21,3 +21,7 @@ class IntegrityError(RegistryError):
 
 class StoreUnavailable(RegistryError):
     """The store (MongoDB, a directory) cannot be reached or read."""
+
+
+class ModelTypeMismatch(RegistryError):
+    """A model type given (or recorded for the version) that the model itself contradicts."""

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from model_registry.artifacts import ArtifactQuery, latest_version, sha256_file
-from model_registry.errors import ArtifactNotFound, IntegrityError, RegistryError
+from model_registry.errors import ArtifactNotFound, IntegrityError, ModelTypeMismatch, RegistryError
 from model_registry.export import export_static_batch, inspect_onnx
+from model_registry.model_type import onnx_model_type
 from model_registry.stores.base import ArtifactStore, Progress
 from schemas import ArtifactInfo, ArtifactTarget, ModelAnnouncement
 
@@ -69,7 +70,11 @@ class Registry:
         target: ArtifactTarget | None = None,
         export_static: list[int] | None = None,
         progress: Progress | None = None,
+        model_type: str | None = None,
     ) -> list[ArtifactInfo]:
+        """Store ``path`` (and its static-batch exports). ``model_type`` (the detector family) is checked
+        against an ONNX graph, else inferred from it; a TensorRT plan has no graph to read, so it takes the
+        type given, else the one its version already records (the ONNX it was built from)."""
         if not path.is_file():
             raise RegistryError(f"{path}: file not found")
         pushed: list[ArtifactInfo] = []
@@ -85,10 +90,12 @@ class Registry:
                 batch_sizes = batch_sizes or [DYNAMIC_MAX_BATCH]
             if export_static and not dynamic:
                 raise RegistryError(f"{path}: --export-static needs a model with a dynamic batch axis")
+            model_type = await asyncio.to_thread(onnx_model_type, path, model_type)
         elif not batch_sizes:
             raise RegistryError("a TensorRT engine needs --batch-sizes")
+        model_type = await self._version_model_type(name, version, model_type)
         base = ArtifactInfo(id="pending", name=name, version=version, batch_sizes=batch_sizes, format=fmt,  # type: ignore[arg-type]
-                            precision=precision, dynamic_batch=dynamic,  # type: ignore[arg-type]
+                            precision=precision, dynamic_batch=dynamic, model_type=model_type,  # type: ignore[arg-type]
                             target=target or ArtifactTarget(), sha256="0" * 64, size_bytes=0)
         pushed.append(await self._put_file(path, base, progress))
         for size in export_static or []:
@@ -98,6 +105,17 @@ class Registry:
                 pushed.append(await self._put_file(static, info, progress))
         await self.announce(name)
         return pushed
+
+    async def _version_model_type(self, name: str, version: str, model_type: str | None) -> str | None:
+        """One version is one network, so one type: a new artifact agrees with what its version records, and
+        one whose type is unknown takes it."""
+        recorded = sorted({a.model_type for a in await self.store.find(ArtifactQuery(name=name, version=version))
+                           if a.model_type is not None})
+        if model_type is not None and recorded and recorded != [model_type]:
+            raise ModelTypeMismatch(f"{name} {version} is recorded as {', '.join(recorded)}, not {model_type}")
+        if model_type is None and len(recorded) == 1:
+            return recorded[0]
+        return model_type
 
     async def announcement(self, name: str) -> ModelAnnouncement:
         artifacts = await self.store.find(ArtifactQuery(name=name))

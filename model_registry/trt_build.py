@@ -15,6 +15,7 @@ from typing import Any
 
 from model_registry.errors import RegistryError
 from model_registry.export import inspect_onnx
+from model_registry.model_type import onnx_model_type
 from model_registry.registry import Registry
 from schemas import ArtifactInfo, ArtifactTarget
 
@@ -84,6 +85,8 @@ def _build_plan(trt: Any, source: Path, input_name: str, sizes: list[int], fp16_
 async def build_and_push(registry: Registry, args: argparse.Namespace) -> list[ArtifactInfo]:
     from edge_agent.engines.tensorrt import device_facts, missing_runtime
 
+    # A plan carries no graph: it records the type of the ONNX it is built from (checked before any build).
+    model_type = await asyncio.to_thread(onnx_model_type, args.onnx, args.model_type)
     problem = missing_runtime()
     if problem:
         raise RegistryError(f"cannot build TensorRT engines here: {problem}")
@@ -100,6 +103,6 @@ async def build_and_push(registry: Registry, args: argparse.Namespace) -> list[A
         print(f"building {out.name} on {facts['gpu_name']} ...", flush=True)
         await asyncio.to_thread(build_engine, args.onnx, shape.input_name, sizes, args.fp16, out)
         pushed += await registry.push(out, args.name, args.version, batch_sizes=sizes, fmt="tensorrt",
-                                      precision=precision, target=target)
+                                      precision=precision, target=target, model_type=model_type)
         print(f"pushed {out.name}", flush=True)
     return pushed

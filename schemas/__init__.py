@@ -2,6 +2,7 @@
 
 from schemas.messages import (
     MAX_PAYLOAD_BYTES,
+    MODEL_TYPES,
     SCHEMA_VERSION,
     AdmissionFigures,
     AgentEvent,
@@ -17,6 +18,7 @@ from schemas.messages import (
     FrameDetections,
     LatencyStats,
     ModelAnnouncement,
+    ModelType,
     OrderOutcome,
     OrderOutcomeKind,
     PayloadError,
@@ -39,6 +41,7 @@ from schemas.topics import DEFAULT_PREFIX, AgentTopic, ControllerTopic, ModelTop
 __all__ = [
     "DEFAULT_PREFIX",
     "MAX_PAYLOAD_BYTES",
+    "MODEL_TYPES",
     "SCHEMA_VERSION",
     "AdmissionFigures",
     "AgentEvent",
@@ -57,6 +60,7 @@ __all__ = [
     "LatencyStats",
     "ModelAnnouncement",
     "ModelTopic",
+    "ModelType",
     "OrderOutcome",
     "OrderOutcomeKind",
     "PayloadError",

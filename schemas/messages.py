@@ -7,7 +7,7 @@ Units are in the field names (``_ms``, ``_bytes``, ``_pct``); every payload carr
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,10 @@ MAX_FLOAT = 1e15  # rates, delays, timestamps: finite (NaN and infinity are refu
 
 AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="agent identifier")]
 BatchSize = Annotated[int, Field(ge=1, le=1024, description="frames per inference batch")]
+# Detector families: the keys of edge_agent.adapters.ADAPTERS and the values of --model-type (kept here, where
+# the wire shapes are; tests/test_schemas.py checks that the two agree).
+ModelType = Literal["nanodet", "yolo-v5", "yolo-ultralytics", "yolox"]
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 
 
 def now_s() -> float:
@@ -79,6 +83,7 @@ RefusalReason = Literal[
     "load_error",  # loading or warming up the new engine raised (any exception)
     "bad_input",  # an order that cannot apply to this agent (e.g. addressed to another agent)
     "no_registry",  # needs another engine (model, version or batch size) and no registry is configured
+    "model_type",  # the artifact's recorded model type is not the one this agent's adapter decodes
 ]
 OrderOutcomeKind = Literal["applied", "refused", "superseded"]
 
@@ -114,6 +119,8 @@ class ServingState(WireModel):
     version: str = Field(description="model version being served")
     batch_size: BatchSize
     backend: str = Field(description="inference backend serving it")
+    model_type: ModelType | None = Field(default=None, description="detector family its adapter decodes; None = "
+                                         "not reported (an older agent)")
     servable_batch_sizes: list[BatchSize] | None = Field(
         default=None, max_length=1024, description="batch sizes this agent can serve (its engine's, or its "
         "registry's artifacts' for this model and device); None = any")
@@ -397,6 +404,8 @@ class ArtifactInfo(WireModel):
     format: Literal["onnx", "tensorrt"] = Field(description="onnx (any device) or a TensorRT engine plan")
     precision: Literal["fp32", "fp16", "int8"] = Field(default="fp32", description="numeric precision")
     dynamic_batch: bool = Field(default=False, description="serves any batch size up to max(batch_sizes)")
+    model_type: ModelType | None = Field(default=None, description="detector family, i.e. the adapter that "
+                                         "decodes it (edge-agent --model-type); None = unknown")
     target: ArtifactTarget = Field(default_factory=ArtifactTarget, description="where it runs")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the bytes, hex")
     size_bytes: int = Field(ge=0, le=MAX_INT, description="size of the file")

@@ -123,6 +123,20 @@ def test_profile_measures_the_artifact_the_device_picks_per_size(tmp_path: Path,
     assert missing.returncode == 2 and "unknown model 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_a_model_type_the_registry_record_contradicts_is_refused(tmp_path: Path, short_video: Path,
+                                                                 command: str) -> None:
+    """The agent starts from a registry artifact: its recorded type picks the adapter (a TensorRT plan has no
+    graph to infer it from), and a --model-type that disagrees with it is one line, exit 2."""
+    asyncio.run(Registry(open_store(str(tmp_path / "reg"))).push(MODEL, "nano", "1"))
+    result = edge_agent(command, "--registry", str(tmp_path / "reg"), "--model-name", "nano", "--model-type",
+                        "yolo-v5", "--source", str(short_video), "--cache-dir", str(tmp_path / "cache"),
+                        *(["--max-frames", "1"] if command == "run" else ["--batch-sizes", "1", "--batches", "1"]))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "--model-type yolo-v5, but the registry records nano 1 as nanodet" in lines[0]
+
+
 def test_pytorch_missing_is_one_line_and_exit_2(tmp_path: Path) -> None:
     # Where PyTorch is installed, a package that fails to import the way a missing one does shadows it.
     (tmp_path / "torch").mkdir()

@@ -23,6 +23,11 @@ REGISTRY_CASES = [
     (["push", str(MODEL), "--name", "a", "--version", "1", "--broker", "http://x"], "scheme must be"),
     (["push", str(MODEL), "--name", "a", "--version", "1", "--prefix", "a+b", "--broker", "mqtt://127.0.0.1:9"],
      "topic prefix segment 'a+b'"),
+    (["push", str(MODEL), "--name", "a", "--version", "1", "--model-type", "centernet"], "invalid choice: 'centernet'"),
+    (["push", str(MODEL), "--name", "a", "--version", "1", "--model-type", "yolo-v5"],
+     "nanodet-m-416-coco.onnx: --model-type yolo-v5 contradicts the model: its outputs are those of a nanodet model"),
+    (["build", "--onnx", str(MODEL), "--name", "a", "--version", "1", "--model-type", "yolox"],
+     "--model-type yolox contradicts the model"),  # checked before anything is built (or a GPU looked for)
     (["--store", "/proc/no/registry", "list"], "registry directory /proc/no/registry"),
     (["--store", "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300", "list"], "MongoDB at mongodb://127.0.0.1:9"),
     (["pull", "deadbeef", "--out", "x.onnx"], "artifact deadbeef not in registry"),

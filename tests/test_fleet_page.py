@@ -43,7 +43,7 @@ def status(agent: str, batch: int = 1, state: str = "online") -> AgentStatus:
     if state == "offline":
         return AgentStatus(agent_id=agent, state="offline")
     serving = ServingState(model="nanodet-m", version="1", batch_size=batch, backend="onnxruntime",
-                           servable_batch_sizes=SERVABLE)
+                           model_type="nanodet", servable_batch_sizes=SERVABLE)
     return AgentStatus(agent_id=agent, state="online", serving=serving)
 
 
@@ -436,7 +436,7 @@ async def test_the_page_plots_live_and_pins_in_a_headless_chromium(tmp_path: Pat
     assert page["points_after"] > page["points_before"] and page["still_same_page"], "live, without reloads"
     html = page["html"]
     assert 'data-agent="cam2"' in html and 'class="card offline"' in html and "offline (its last will)" in html
-    assert "operator orders on" in html and "pinned at 4" in html and "nanodet-m 1 on onnxruntime" in html
+    assert "operator orders on" in html and "pinned at 4" in html and "nanodet-m 1 (nanodet) on onnxruntime" in html
     assert c.pins["cam1"].reason == "from the browser"
     assert not page["errors"], page["errors"]
     shot = tmp_path / "fleet.png"

@@ -78,7 +78,9 @@ MODEL_OF = {"telemetry": Telemetry, "status": AgentStatus, "desired": DesiredSta
 hostile_scalars = st.one_of(
     st.just(10**400), st.just(-(10**400)), st.just(-1), st.just(2**63), st.just(0), st.just(None), st.just(True),
     st.just(float("nan")), st.just(float("inf")), st.just(-1e308), st.text(max_size=50), st.just("x" * 5000),
-    st.integers(), st.floats(), st.just([]), st.just({}), st.just("../../etc"), st.just("+/#"),
+    # builds(list) and builds(dict), not just([]): a fresh container per draw. A shared one, placed by one
+    # mutation and filled by the next, would end up inside itself (and poison every later draw).
+    st.integers(), st.floats(), st.builds(list), st.builds(dict), st.just("../../etc"), st.just("+/#"),
 )
 json_values = st.recursive(hostile_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)

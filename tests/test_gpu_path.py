@@ -199,8 +199,10 @@ async def test_tensorrt_engines_are_built_pushed_and_swapped_per_batch_size(tmp_
 
     registry = Registry(LocalDirectoryStore(tmp_path / "registry"))
     pushed = await build_and_push(registry, Namespace(onnx=MODEL, name="nanodet", version="1", batch_sizes=[2, 4],
-                                                      profiles=False, fp16=False, workdir=tmp_path / "engines"))
+                                                      profiles=False, fp16=False, workdir=tmp_path / "engines",
+                                                      model_type=None))
     assert sorted(a.batch_sizes for a in pushed) == [[2], [4]] and {a.format for a in pushed} == {"tensorrt"}
+    assert {a.model_type for a in pushed} == {"nanodet"}, "a plan records the type of the ONNX it was built from"
     swapper = EngineSwapper(registry.store, ArtifactCache(tmp_path / "cache"), local_device_target())
     probe = auto_probe()
     assert probe.name == "nvml"

@@ -376,6 +376,51 @@ async def test_controller_moves_on_after_a_refusal_and_never_reorders_it(broker,
     assert refusal.refusal == "no_artifact" and refusal.generation == 1
 
 
+async def test_an_order_for_another_model_family_is_refused_before_the_download(broker, prefix, decoder, short_video,
+                                                                                 yolov3_tiny, tmp_path) -> None:
+    """The agent decodes NanoDet; the registry records yolo 1 as yolo-v5: the order is refused from the record,
+    nothing downloaded, with both types named; the refusal reaches the controller, which holds no batch size off
+    for it (it is about the model). yolo 2's record predates model types: loaded, then the pipeline's own check
+    refuses it, as before."""
+    topics = Topics(prefix)
+    store = LocalDirectoryStore(tmp_path / "reg")
+    registry = Registry(store)
+    await registry.push(MODEL, "nanodet", "1", export_static=[2])
+    (yolo,) = await registry.push(yolov3_tiny, "yolo", "1")
+    assert yolo.model_type == "yolo-v5"
+    untyped = await store.put(yolov3_tiny, yolo.model_copy(update={"version": "2", "model_type": None}))
+    cache = ArtifactCache(tmp_path / "cache")
+    agent = await registry_agent(broker.url, prefix, decoder, short_video, EngineSwapper(store, cache))
+    before = agent.pipeline.serving
+    controller = Controller(BrokerSettings.from_url(broker.url), Script([]), prefix=prefix,  # type: ignore[arg-type]
+                            controller_id=f"ctl-{prefix}")
+    async with observing(broker.url, f"{prefix}/#") as obs, running(agent):
+        ctl = asyncio.create_task(controller.run())
+        try:
+            await controller.bus.wait_connected(10)
+            refused = await order(obs, topics, 1, model="yolo", version="1", batch_size=4)
+            assert refused.kind == "desired_refused" and refused.refusal == "model_type", refused
+            assert "yolo 1 is a yolo-v5 model; this agent decodes nanodet models" in refused.detail
+            assert not cache.path_for(yolo).exists(), "refused before the download"
+            await eventually(lambda: "cam1" in controller.agents and controller.agents["cam1"].last_outcome
+                             is not None and controller.agents["cam1"].last_outcome.batch_size == 4, 10,
+                             "the controller learns the refusal")
+            view = controller.agents["cam1"]
+            assert (view.last_outcome.generation, view.last_outcome.refusal) == (1, "model_type")
+            assert controller.counters.refusals == 1 and not view.refused, "batch 4 is not held off"
+            assert view.status is not None and view.status.serving.model_type == "nanodet", "the fleet knows it"
+
+            old = await order(obs, topics, 2, model="yolo", version="2")
+            assert old.kind == "desired_refused" and old.refusal == "load_error", old
+            assert "does not fit the nanodet adapter" in old.detail
+            assert cache.path_for(untyped).exists(), "no type recorded: fetched and loaded, then checked"
+        finally:
+            ctl.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctl
+    assert agent.pipeline.serving is before and agent.applied_generation == 0
+
+
 def telemetry(agent_id: str, batch_size: int, applied: int = 0) -> Telemetry:
     from schemas import LatencyStats, ResourceSample
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from schemas import (
     MAX_PAYLOAD_BYTES,
+    MODEL_TYPES,
     AgentStatus,
     AgentTopic,
+    ArtifactInfo,
     DesiredState,
+    ModelAnnouncement,
     ModelTopic,
     PayloadError,
     TopicError,
@@ -77,3 +82,36 @@ def test_metrics_address_is_optional_bounded_and_left_out_when_unset() -> None:
     for bad in ("http://x:9108/metrics", "x", "x:", "a b:1", "x:123456", "h" * 300 + ":1"):
         with pytest.raises(PayloadError):
             decode(AgentStatus, b'{"agent_id": "a1", "state": "online", "metrics_address": "%s"}' % bad.encode())
+
+
+def test_model_types_are_the_adapter_keys() -> None:
+    """The wire's list of detector families is the edge agent's adapters, kept in schemas (which imports nothing
+    of the agent): a family added on one side only fails here."""
+    from edge_agent.adapters import ADAPTERS
+
+    assert sorted(MODEL_TYPES) == sorted(ADAPTERS)
+
+
+OLD_ARTIFACT = {"id": "a1", "name": "nanodet", "version": "1", "batch_sizes": [4], "format": "onnx",
+                "sha256": "0" * 64, "size_bytes": 10}  # as written before artifacts recorded their model type
+
+
+def test_records_and_messages_without_a_model_type_still_load_as_unknown() -> None:
+    old = ArtifactInfo.model_validate_json(json.dumps(OLD_ARTIFACT))
+    assert old.model_type is None
+    announcement = decode(ModelAnnouncement, json.dumps({"name": "nanodet", "latest_version": "1",
+                                                         "artifacts": [OLD_ARTIFACT]}).encode())
+    assert announcement.artifacts[0].model_type is None
+    serving = {"model": "nanodet", "version": "1", "batch_size": 2, "backend": "onnxruntime"}
+    status = decode(AgentStatus, json.dumps({"agent_id": "a1", "state": "online", "serving": serving}).encode())
+    assert status.serving is not None and status.serving.model_type is None
+    typed = ArtifactInfo.model_validate(OLD_ARTIFACT | {"model_type": "yolo-v5"})
+    assert decode(ModelAnnouncement, encode(ModelAnnouncement(name="nanodet", latest_version="1",
+                                                              artifacts=[typed]))).artifacts[0].model_type == "yolo-v5"
+
+
+@pytest.mark.parametrize("bad", ["centernet", "YOLO-V5", "", 5])
+def test_a_model_type_outside_the_known_families_is_refused(bad: object) -> None:
+    payload = {"name": "nanodet", "latest_version": "1", "artifacts": [OLD_ARTIFACT | {"model_type": bad}]}
+    with pytest.raises(PayloadError, match="model_type|Input should be"):
+        decode(ModelAnnouncement, json.dumps(payload).encode())

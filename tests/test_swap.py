@@ -183,6 +183,21 @@ async def test_announcement_prefetches_into_the_cache(broker, prefix, decoder, s
             await asyncio.wait_for(task, 60)
 
 
+async def test_an_announced_artifact_of_another_model_type_is_not_prefetched(yolov3_tiny, tmp_path) -> None:
+    """An agent decoding NanoDet would refuse an order for a yolo-v5 artifact: it does not download it ahead."""
+    store = LocalDirectoryStore(tmp_path / "reg")
+    registry = Registry(store)
+    await registry.push(yolov3_tiny, "nanodet", "5")  # a new version of "nanodet" that is another family
+    announcement = await registry.announcement("nanodet")
+    assert [a.model_type for a in announcement.artifacts] == ["yolo-v5"]
+    cache = ArtifactCache(tmp_path / "cache")
+    swapper = EngineSwapper(store, cache)
+    await swapper.prefetch(announcement, 2, "nanodet")
+    assert cache.fetches == 0 and not cache.path_for(announcement.artifacts[0]).exists()
+    await swapper.prefetch(announcement, 2, "yolo-v5")
+    assert cache.fetches == 1 and cache.path_for(announcement.artifacts[0]).exists()
+
+
 async def test_a_burst_of_announcements_is_acted_on_once_for_the_latest(broker, prefix, decoder, short_video,
                                                                       registry_dir, tmp_path) -> None:
     """200 announcements in a burst: received, but prefetched for (and the registry queried) a few
@@ -195,10 +210,10 @@ async def test_a_burst_of_announcements_is_acted_on_once_for_the_latest(broker, 
     real_prefetch = swapper.prefetch
     burst_in = asyncio.Event()
 
-    async def counting_prefetch(announcement, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+    async def counting_prefetch(announcement, batch_size: int, model_type=None) -> None:  # type: ignore[no-untyped-def]
         prefetched.append(announcement.latest_version)
         await burst_in.wait()  # the first one is still busy while the whole burst arrives: no timing involved
-        await real_prefetch(announcement, batch_size)
+        await real_prefetch(announcement, batch_size, model_type)
 
     swapper.prefetch = counting_prefetch  # type: ignore[method-assign]
     agent = await start_agent(broker.url, prefix, decoder, short_video, swapper, streams=1)

@@ -212,6 +212,12 @@ class Reconciler:
         info = await self.loader.resolve(name, version, batch_size)
         timings["resolve"] = _ms(time.monotonic() - t)
         self._check_newer()
+        served_type = self.pipeline.decoder.model_type
+        if info.model_type is not None and info.model_type != served_type:
+            # Known from the record: refuse before the download. A record without a type is loaded, and the
+            # pipeline's own check (the adapter against the engine's outputs) refuses another family.
+            raise OrderRefused("model_type", f"{name} {info.version} is a {info.model_type} model; this agent "
+                               f"decodes {served_type} models (edge-agent --model-type)")
         sizes = serving.engine.batch_sizes
         if info.sha256 == serving.artifact_sha256 and (sizes is None or batch_size in sizes):
             # Same bytes (perhaps re-tagged as another version): no load, just the new setting.
