@@ -1,11 +1,12 @@
 """Offline per-batch-size profile (the paper's Table 1): pre, infer, post, total, real-time margin,
-throughput and peak memory, measured sequentially so each stage time is clean."""
+throughput and peak memory, measured one stage after another (the pipeline's own chain of stages, so
+the figures are those of the path that serves) so each stage time is clean."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,10 +14,11 @@ import numpy as np
 import psutil
 
 from edge_agent.adapters import ModelAdapter
-from edge_agent.engines import InferenceEngine, load_engine, run_padded
-from edge_agent.frames import Batch
+from edge_agent.engines import InferenceEngine, load_engine
+from edge_agent.frames import Batch, Frame
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
+from edge_agent.stages import BatchStage, MeasuredWorkers, ServingConfig, Work, default_stages
 from schemas import ProfileReport, ProfileRow
 
 if TYPE_CHECKING:
@@ -67,30 +69,54 @@ def read_frames(uri: str, count: int) -> tuple[list[np.ndarray], float]:
 def profile_batch_size(
     engine: InferenceEngine, decoder: ModelAdapter, frames: list[np.ndarray], batch_size: int, batches: int
 ) -> tuple[float, float, float]:
-    """Mean (pre_ms, infer_ms, post_ms) per batch over ``batches`` batches after one warm-up."""
+    """Mean (pre_ms, infer_ms, post_ms) per batch over ``batches`` batches, through the chain the pipeline
+    builds for this engine (host or device), after warm-up batches that also settle its worker counts."""
+    chain = default_stages(engine, decoder, {})
     pre_t: list[float] = []
     infer_t: list[float] = []
     post_t: list[float] = []
-    for b in range(batches + 1):
-        images = [frames[(b * batch_size + i) % len(frames)] for i in range(batch_size)]
-        pre, infer, post = time_stages(engine, decoder, images)
-        if b > 0:  # the first batch warms caches and allocators up
+    try:
+        warm_up = 0
+        # The first batch warms caches and allocators up; host stages measure their worker counts meanwhile.
+        while warm_up < 1 or (warm_up < 24 and not _settled(chain)):
+            images = [frames[(warm_up * batch_size + i) % len(frames)] for i in range(batch_size)]
+            time_stages(engine, decoder, images, chain)
+            warm_up += 1
+        for b in range(batches):
+            images = [frames[((warm_up + b) * batch_size + i) % len(frames)] for i in range(batch_size)]
+            pre, infer, post = time_stages(engine, decoder, images, chain)
             pre_t.append(pre)
             infer_t.append(infer)
             post_t.append(post)
+    finally:
+        for stage in chain:
+            stage.close()
     return (float(np.mean(pre_t)) * 1000, float(np.mean(infer_t)) * 1000, float(np.mean(post_t)) * 1000)
 
 
-def time_stages(engine: InferenceEngine, decoder: ModelAdapter, images: list[np.ndarray]) -> tuple[float, float,
-                                                                                                     float]:
-    """Run one batch sequentially; seconds spent in (preprocess, inference, decode + NMS)."""
-    t0 = time.perf_counter()
-    tensor = np.stack([decoder.preprocess(im) for im in images])
-    t1 = time.perf_counter()
-    outputs = run_padded(engine, tensor)
-    t2 = time.perf_counter()
-    decoder.decode_batch(outputs, [im.shape[:2] for im in images])
-    return t1 - t0, t2 - t1, time.perf_counter() - t2
+def _settled(chain: Sequence[BatchStage]) -> bool:
+    workers = [getattr(stage, "workers", None) for stage in chain]
+    return all(w.chosen is not None for w in workers if isinstance(w, MeasuredWorkers))
+
+
+def time_stages(engine: InferenceEngine, decoder: ModelAdapter, images: list[np.ndarray],
+                chain: Sequence[BatchStage] | None = None) -> tuple[float, float, float]:
+    """Run one batch through ``chain`` (default: the pipeline's for this engine), stage after stage with no
+    overlap; seconds spent in (pre-processing, inference, decode + NMS)."""
+    own = chain is None
+    stages = default_stages(engine, decoder, {}) if chain is None else chain
+    now = time.monotonic()
+    work = Work(Batch([Frame("profile", i, im, now, now + 3600.0, time.time()) for i, im in enumerate(images)],
+                      target_size=len(images)), ServingConfig(engine, len(images)))
+    try:
+        for stage in stages:
+            stage.process(work)
+    finally:
+        if own:
+            for stage in stages:
+                stage.close()
+    batch = work.batch
+    return batch.pre_ms / 1000.0, batch.infer_ms / 1000.0, batch.post_ms / 1000.0
 
 
 def run_profile(
