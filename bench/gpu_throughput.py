@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="pytorch: cpu, cuda (default: cuda when PyTorch sees one)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"], help="pytorch only")
     parser.add_argument("--device-path", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--cuda-graphs", action="store_true", help="pytorch on CUDA: a CUDA graph per batch size")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--frames", type=int, default=2048, help="frames per pipeline run (at least 16 batches)")
     parser.add_argument("--streams", type=int, default=8, help="looped copies of the sample video")
@@ -173,7 +174,8 @@ def main() -> None:
     SETTINGS = StageSettings(device_path=args.device_path)
     options: dict[str, Any] = {}
     if args.backend == "pytorch":
-        options = {"precision": args.precision, **({"device": args.device} if args.device else {})}
+        options = {"precision": args.precision, "cuda_graphs": args.cuda_graphs,
+                   **({"device": args.device} if args.device else {})}
     engine = load_engine(args.model, args.backend, options)
     adapter = adapter_for(args.model, engine.input_size, engine.output_names, args.model_type, None,
                           load_labels(LABELS))
@@ -195,6 +197,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores",
         "model": args.model.name, "model_type": adapter.model_type, "backend": engine.backend,
         "device": str(getattr(engine, "device", "")) or None, "precision": getattr(engine, "precision", None),
+        "cuda_graphs": args.cuda_graphs, "pads_folded": getattr(engine, "pads_folded", None),
         "device_path": args.device_path, "chain": rows[0]["chain"] if rows else None, "streams": args.streams,
         "rows": rows,
     }
