@@ -571,8 +571,10 @@ class Pipeline:
 
     def _refuse_size(self, failed: ServingConfig, fallback: ServingConfig, error: OutOfMemoryAtBatchSize) -> None:
         if self.serving is failed:  # no newer switch came meanwhile: serve the size that fitted
+            # On the engine that serves now (a swapped-out engine is closed after its last batch), at the size
+            # and under the generation that last worked.
             self.serving = ServingConfig(failed.engine, fallback.batch_size, failed.model, failed.version,
-                                         failed.generation, None, failed.artifact_sha256)
+                                         fallback.generation, None, failed.artifact_sha256)
         if failed.switched is not None and not failed.switched.done():
             failed.switched.set_exception(error)
             failed.switched.exception()  # retrieved here; the reconciler reads it when it waits on it
