@@ -16,6 +16,7 @@ from edge_agent.nanodet import load_labels
 from mqtt_bus.local_broker import BrokerNotInstalled, LocalBroker
 from tests.darknet_model import yolov3_tiny_path
 from tests.mongo_server import MongoServer
+from tests.ultralytics_model import yolov8n_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -94,3 +95,10 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def yolov3_tiny() -> Path:
     """darknet yolov3-tiny as ONNX (fetched and converted once, then cached)."""
     return yolov3_tiny_path()
+
+
+@pytest.fixture(scope="session")
+def yolov8n() -> Path:
+    """Ultralytics' COCO yolov8n as its ONNX export lays it out (fetched and exported once, then cached;
+    skipped where PyTorch, which exports it, is missing)."""
+    return yolov8n_path()

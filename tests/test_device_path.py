@@ -77,12 +77,16 @@ class Family:
         self.adapter = adapter_for(path, self.host.input_size, self.host.output_names, None, None, labels)
 
 
-@pytest.fixture(scope="module", params=["nanodet", "yolo-v5", "yolo-ultralytics"])
+@pytest.fixture(scope="module", params=["nanodet", "yolo-v5", "yolo-ultralytics", "yolov8n"])
 def family(request: pytest.FixtureRequest, yolov3_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Family:
+    """Each family on a real model; ``yolo-ultralytics`` twice: yolov3-tiny re-laid-out in the graph, and
+    Ultralytics' own yolov8n export."""
     if request.param == "nanodet":
         return Family(MODEL)
     if request.param == "yolo-v5":
         return Family(yolov3_tiny)
+    if request.param == "yolov8n":
+        return Family(request.getfixturevalue("yolov8n"))
     path = tmp_path_factory.mktemp("ultralytics") / "yolov3-tiny-ultralytics.onnx"
     onnx.save(_ultralytics_layout(onnx.load(str(yolov3_tiny))), str(path))
     return Family(path)
