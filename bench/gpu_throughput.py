@@ -165,6 +165,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"], help="pytorch only")
     parser.add_argument("--device-path", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--cuda-graphs", action="store_true", help="pytorch on CUDA: a CUDA graph per batch size")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="onnxruntime: threads per inference (1 leaves the other cores to decode/pre/post, as a "
+                             "GPU engine would)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--frames", type=int, default=2048, help="frames per pipeline run (at least 16 batches)")
     parser.add_argument("--streams", type=int, default=8, help="looped copies of the sample video")
@@ -173,6 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     SETTINGS = StageSettings(device_path=args.device_path)
     options: dict[str, Any] = {}
+    if args.backend == "onnxruntime" and args.intra_op_threads:
+        options = {"intra_op_threads": args.intra_op_threads}
     if args.backend == "pytorch":
         options = {"precision": args.precision, "cuda_graphs": args.cuda_graphs,
                    **({"device": args.device} if args.device else {})}

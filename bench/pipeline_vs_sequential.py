@@ -87,8 +87,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=MODEL, help="ONNX model, or a TensorRT .plan serving the size")
     parser.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS),
                         help="pytorch or tensorrt to measure the GPU overlap the pipeline is for")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="onnxruntime: threads per inference (1 leaves the other cores to decode/pre/post, as a "
+                             "GPU engine would)")
     args = parser.parse_args()
-    engine = load_engine(args.model, args.backend)
+    options = {"intra_op_threads": args.intra_op_threads} if args.intra_op_threads else {}
+    engine = load_engine(args.model, args.backend, options)
     decoder = NanoDetAdapter(load_labels(LABELS))
     sequential(engine, decoder, 2 * args.batch_size, args.batch_size)  # warm up
     # Interleaved rounds, so a noisy neighbour slows all three alike rather than one of them.
@@ -106,6 +110,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores, {platform.processor() or 'cpu'}",
         "backend": engine.backend,
         "device": str(getattr(engine, "device", "")) or None,
+        "intra_op_threads": args.intra_op_threads,
         "batch_size": args.batch_size,
         "frames": args.frames,
         "rounds": args.rounds,
