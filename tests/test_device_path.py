@@ -147,3 +147,32 @@ async def test_pipeline_serves_a_video_through_the_device_chain(engine, short_vi
     summary = await pipeline.run()
     assert summary.frames_in == summary.frames_out == 12 and summary.dropped == 0
     assert summary.latency["pre"].count == 12 and summary.latency["infer"].count == 12
+
+
+def _greedy_reference(boxes: np.ndarray, classes: np.ndarray, threshold: float) -> list[int]:
+    """Textbook greedy NMS, one box at a time (boxes already best-first)."""
+    from edge_agent.device.nms import box_iou
+
+    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if all(classes[j] != classes[i] or iou[j, i] <= threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batched_nms_is_exactly_greedy_nms(seed: int) -> None:
+    from edge_agent.device.nms import batched_greedy_nms
+
+    rng = np.random.default_rng(seed)
+    batch, k = 3, 60
+    xy = rng.uniform(0, 200, (batch, k, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (batch, k, 2))], axis=2).astype(np.float32)
+    classes = rng.integers(0, 3, (batch, k))
+    valid = rng.uniform(size=(batch, k)) > 0.1
+    keep = batched_greedy_nms(torch.from_numpy(boxes), torch.from_numpy(classes), torch.from_numpy(valid), 0.45)
+    for b in range(batch):
+        rows = np.nonzero(valid[b])[0]
+        expected = rows[_greedy_reference(boxes[b][rows], classes[b][rows], 0.45)]
+        assert np.nonzero(keep[b].numpy())[0].tolist() == expected.tolist()

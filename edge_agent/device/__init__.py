@@ -7,7 +7,7 @@ Written against tensors, not a backend: any engine that takes and returns device
 
 from edge_agent.device.decode import DEVICE_DECODERS, Candidates, candidates_for, detections_on_device
 from edge_agent.device.letterbox import preprocess_on_device
-from edge_agent.device.nms import batched_nms
+from edge_agent.device.nms import batched_greedy_nms
 
-__all__ = ["DEVICE_DECODERS", "Candidates", "batched_nms", "candidates_for", "detections_on_device",
+__all__ = ["DEVICE_DECODERS", "Candidates", "batched_greedy_nms", "candidates_for", "detections_on_device",
            "preprocess_on_device"]

@@ -14,7 +14,7 @@ import torch
 
 from edge_agent import nanodet
 from edge_agent.adapters.base import AdapterError, DecoderConfig, ModelAdapter, placement
-from edge_agent.device.nms import batched_nms
+from edge_agent.device.nms import batched_greedy_nms
 from schemas import Detection
 
 
@@ -118,43 +118,54 @@ def candidates_for(adapter: ModelAdapter) -> Callable[[Mapping[str, torch.Tensor
                            f"known: {', '.join(sorted(DEVICE_DECODERS))}") from None
 
 
+MAX_CANDIDATES = 1000  # per image, best scores first, before NMS (as detectors' own post-processing caps it)
+
+
 def detections_on_device(outputs: Mapping[str, torch.Tensor], adapter: ModelAdapter,
                          frame_sizes: Sequence[tuple[int, int]], config: DecoderConfig) -> list[list[Detection]]:
-    """Detections per real image (``frame_sizes`` are (height, width)), boxes in original pixels."""
+    """Detections per real image (``frame_sizes`` are (height, width)), boxes in original pixels. The whole
+    batch at once: score filter, boxes back through each frame's letterbox, NMS, the best ``max_detections``;
+    the final boxes are the one copy to the host."""
     cand = candidates_for(adapter)(outputs, adapter)
+    n = len(frame_sizes)
+    scores, boxes, classes = cand.scores[:n], cand.boxes[:n], cand.classes[:n]
+    device = boxes.device
+    above = scores > config.score_threshold
+    k = min(int(above.sum(dim=1).max().item()) if n else 0, MAX_CANDIDATES)
+    if k == 0:
+        return [[] for _ in frame_sizes]
+    top, index = torch.where(above, scores, torch.full_like(scores, -1.0)).topk(k, dim=1)  # sorted, best first
+    valid = top > config.score_threshold
+    boxes = boxes.gather(1, index[:, :, None].expand(-1, -1, 4))
+    classes = classes.gather(1, index)
+    # Each frame's own letterbox, back to its pixels: input = original * scale + pad.
     spec = adapter.spec
-    device = cand.boxes.device
-    clip_first = getattr(adapter, "nms_on_clipped", True)  # as the family's host decoder does
-    kept_rows: list[torch.Tensor] = []
-    for i, (h, w) in enumerate(frame_sizes):
-        mask = cand.scores[i] > config.score_threshold
-        boxes, scores, classes = cand.boxes[i][mask], cand.scores[i][mask], cand.classes[i][mask]
-        p = placement(h, w, spec.input_size, spec.letterbox, spec.centre)
-        scale = torch.tensor([p.scale_x, p.scale_y, p.scale_x, p.scale_y], device=device)
-        pad = torch.tensor([p.pad_x, p.pad_y, p.pad_x, p.pad_y], dtype=torch.float32, device=device)
-        limit = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-        boxes = (boxes - pad) / scale
-        if clip_first:
-            boxes = torch.minimum(boxes.clamp(min=0), limit)
-            # A box wholly outside the frame clips to nothing; OpenCV's NMS drops it, and so does this.
-            real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, scores, classes = boxes[real], scores[real], classes[real]
-        keep = batched_nms(boxes, scores, classes, config.iou_threshold)[: config.max_detections]
-        if not clip_first:
-            boxes = torch.minimum(boxes.clamp(min=0), limit)
-        kept_rows.append(torch.cat([boxes[keep], scores[keep, None], classes[keep, None].float()], dim=1))
-    counts = [r.shape[0] for r in kept_rows]
-    # The only copy back to the host: every image's final boxes at once.
-    host = torch.cat(kept_rows).cpu().tolist() if kept_rows else []
+    places = [placement(h, w, spec.input_size, spec.letterbox, spec.centre) for h, w in frame_sizes]
+    geometry = torch.tensor([[p.scale_x, p.scale_y, p.pad_x, p.pad_y, w, h]
+                             for p, (h, w) in zip(places, frame_sizes, strict=True)], device=device)
+    scale = geometry[:, None, [0, 1, 0, 1]]
+    pad = geometry[:, None, [2, 3, 2, 3]]
+    limit = geometry[:, None, [4, 5, 4, 5]]
+    boxes = (boxes - pad) / scale
+    clipped = torch.minimum(boxes.clamp(min=0), limit)
+    if getattr(adapter, "nms_on_clipped", True):  # as the family's host decoder does
+        boxes = clipped
+        # A box wholly outside the frame clips to nothing; OpenCV's NMS drops it, and so does this.
+        valid &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    keep = batched_greedy_nms(boxes, classes, valid, config.iou_threshold)
+    keep &= keep.cumsum(dim=1) <= config.max_detections
+    rows = torch.cat([clipped, top[..., None], classes[..., None].float()], dim=-1)[keep]
+    counts = keep.sum(dim=1).tolist()
+    host = rows.cpu().tolist()  # the only copy of boxes back to the host: what NMS kept, every image at once
     labels = adapter.labels
     result: list[list[Detection]] = []
     start = 0
-    for n in counts:
+    for count in counts:
         dets = []
-        for x1, y1, x2, y2, score, c in host[start:start + n]:
+        for x1, y1, x2, y2, score, c in host[start:start + count]:
             cid = int(c)
             dets.append(Detection(class_id=cid, label=labels[cid] if cid < len(labels) else str(cid),
                                   score=round(score, 4), box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))))
         result.append(dets)
-        start += n
+        start += count
     return result
