@@ -23,9 +23,10 @@ from pathlib import Path
 
 from cloud_controller.controller import Controller
 from cloud_controller.policies import make_policy
+from edge_agent.adapters import NanoDetAdapter
 from edge_agent.agent import Agent
 from edge_agent.engines import load_engine
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
@@ -80,7 +81,7 @@ async def publish_order(url: str, topic: str, order: DesiredState) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     engine = load_engine(SAMPLES / "models" / "nanodet-m-416-coco.onnx")
-    decoder = NanoDetDecoder(load_labels(SAMPLES / "models" / "coco.names"))
+    decoder = NanoDetAdapter(load_labels(SAMPLES / "models" / "coco.names"))
     topics = Topics("chaos")
     figures: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     with LocalBroker(persistence=True) as broker:

@@ -211,9 +211,10 @@ async def throughput(url: str, agents: int, messages: int, bare: bool = True,
 
 
 async def decision_to_effect(url: str, switches: int) -> dict[str, float]:
+    from edge_agent.adapters import NanoDetAdapter
     from edge_agent.agent import Agent
     from edge_agent.engines import load_engine
-    from edge_agent.nanodet import NanoDetDecoder, load_labels
+    from edge_agent.nanodet import load_labels
     from edge_agent.pipeline import Pipeline, PipelineConfig
     from edge_agent.probes import auto_probe
     from edge_agent.settings import AgentSettings
@@ -223,7 +224,7 @@ async def decision_to_effect(url: str, switches: int) -> dict[str, float]:
     topics = Topics(prefix)
     sources = await open_sources([str(ROOT / "samples/video/vtest.avi")] * 2, loop=True)
     pipeline = Pipeline(sources, load_engine(ROOT / "samples/models/nanodet-m-416-coco.onnx"),
-                        NanoDetDecoder(load_labels(ROOT / "samples/models/coco.names")),
+                        NanoDetAdapter(load_labels(ROOT / "samples/models/coco.names")),
                         PipelineConfig(batch_size=1, realtime=True))
     agent = Agent(pipeline, auto_probe(), AgentSettings(broker_url=url, agent_id="bench", prefix=prefix))
     timings: list[float] = []

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import psutil
 
+from edge_agent.adapters import NanoDetAdapter
 from edge_agent.agent import Agent
 from edge_agent.frames import Frame
-from edge_agent.nanodet import NanoDetDecoder, load_labels
+from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes import auto_probe
 from edge_agent.settings import AgentSettings
@@ -73,7 +74,7 @@ async def main(store_location: str | None) -> dict[str, object]:
     engine, _ = await swapper.load(info, 2, probe)
     outputs = OutputTimes()
     sources = await open_sources([str(ROOT / "samples/video/vtest.avi")] * STREAMS, loop=True)
-    pipeline = Pipeline(sources, engine, NanoDetDecoder(load_labels(ROOT / "samples/models/coco.names")),
+    pipeline = Pipeline(sources, engine, NanoDetAdapter(load_labels(ROOT / "samples/models/coco.names")),
                         PipelineConfig(batch_size=2, realtime=True), [outputs], model=name, version="1",
                         artifact_sha256=info.sha256)
     interval_ms = 1000.0 / sources[0].info.fps  # type: ignore[union-attr]
