@@ -143,4 +143,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--store", default=None, help="registry to swap from: mongodb://... (GridFS) or a "
                         "directory (default: a fresh local directory)")
-    print(json.dumps(asyncio.run(main(parser.parse_args().store)), indent=2))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    result = asyncio.run(main(args.store))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
