@@ -14,22 +14,22 @@ def onnx_model_type(path: Path, given: str | None) -> str | None:
     says unambiguously (``detect_model_type``), or None (unknown) where it does not."""
     import onnx
 
-    from edge_agent.adapters import AdapterError, detect_model_type, input_size_of, make_adapter
+    from edge_agent.adapters import AdapterError, check_model_type, detect_model_type, input_size_of, make_adapter
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise RegistryError(f"{path}: not an ONNX model ({type(exc).__name__})") from exc
-    try:
-        inferred: str | None = detect_model_type(model)
-    except AdapterError:
-        inferred = None  # ambiguous (or not a detector head): unknown unless given
     if given is None:
-        return inferred
-    if inferred is not None and inferred != given:
-        raise ModelTypeMismatch(f"{path.name}: --model-type {given} contradicts the model: its outputs are "
-                                f"those of a {inferred} model")
+        try:
+            return detect_model_type(model)
+        except AdapterError:
+            return None  # ambiguous (or not a detector head): unknown unless given
     size = input_size_of(model)
+    try:
+        check_model_type(model, given)
+    except AdapterError as exc:
+        raise ModelTypeMismatch(f"{path.name}: {exc}") from exc
     try:
         adapter = make_adapter(given, [], size)
         adapter.check_engine(size or adapter.input_size, [o.name for o in model.graph.output])

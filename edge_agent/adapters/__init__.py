@@ -14,7 +14,7 @@ from edge_agent.adapters.base import (
     placement,
     preprocess_with,
 )
-from edge_agent.adapters.detect import detect_model_type, input_size_of, labels_from_metadata
+from edge_agent.adapters.detect import check_model_type, detect_model_type, input_size_of, labels_from_metadata
 from edge_agent.adapters.nanodet import NanoDetAdapter
 from edge_agent.adapters.select import DEFAULT_MODEL_TYPE, adapter_for, read_onnx
 from edge_agent.adapters.yolo import YoloUltralyticsAdapter, YoloV5Adapter, YoloXAdapter
@@ -32,6 +32,7 @@ __all__ = [
     "YoloV5Adapter",
     "YoloXAdapter",
     "adapter_for",
+    "check_model_type",
     "detect_model_type",
     "input_size_of",
     "labels_from_metadata",

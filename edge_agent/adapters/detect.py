@@ -10,6 +10,7 @@ from typing import Any
 
 from edge_agent import nanodet
 from edge_agent.adapters.base import AdapterError
+from schemas import MODEL_TYPES
 
 _STRIDE_SETS = ((8, 16, 32), (16, 32), (8, 16, 32, 64), (32,))
 _ANCHORS_PER_CELL = 3
@@ -52,6 +53,19 @@ def _cells(size: tuple[int, int], strides: tuple[int, ...]) -> int:
     return sum(-(-size[0] // s) * -(-size[1] // s) for s in strides)
 
 
+def check_model_type(model: Any, given: str) -> None:
+    """Refuse a ``--model-type`` that contradicts what the graph says unambiguously (an ambiguous graph takes
+    what it is given; the adapter's own checks still apply)."""
+    try:
+        inferred = detect_model_type(model)
+    except AdapterError:
+        return
+    if inferred != given:
+        shapes = ", ".join(f"{o.name} {_dims(o)}" for o in model.graph.output)
+        raise AdapterError(f"--model-type {given} contradicts the model: its outputs are those of a {inferred} "
+                           f"model ({shapes}); the types are {', '.join(MODEL_TYPES)}")
+
+
 def detect_model_type(model: Any) -> str:
     """``nanodet``, ``yolo-v5`` or ``yolo-ultralytics`` from an ``onnx.ModelProto`` (``yolox`` shares
     v5's shape, so it is never inferred); raises
@@ -60,7 +74,7 @@ def detect_model_type(model: Any) -> str:
     names = {o.name for o in outputs}
     if set(nanodet.OUTPUT_NAMES) <= names:
         return "nanodet"
-    hint = "; give the model type with --model-type"
+    hint = f"; give the model type with --model-type ({', '.join(MODEL_TYPES)})"
     task = {p.key: p.value for p in model.metadata_props}.get("task")
     if task not in (None, "detect"):  # ultralytics writes its task: segment, pose, obb and classify differ
         raise AdapterError(f"the model's metadata says task {task!r}; only detection models are served")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.adapters.base import AdapterError, DecoderConfig, ModelAdapter
-from edge_agent.adapters.detect import detect_model_type, labels_from_metadata
+from edge_agent.adapters.detect import check_model_type, detect_model_type, labels_from_metadata
 
 DEFAULT_MODEL_TYPE = "nanodet"
 
@@ -40,9 +40,11 @@ def adapter_for(
     metadata, which wins over ``default_labels``."""
     from edge_agent.adapters import make_adapter
 
-    model = read_onnx(model_path) if model_path is not None and (model_type is None or labels is None) else None
+    model = read_onnx(model_path) if model_path is not None else None
     if model_type is None:
         model_type = detect_model_type(model) if model is not None else DEFAULT_MODEL_TYPE
+    elif model is not None:
+        check_model_type(model, model_type)
     if labels is None:
         labels = (labels_from_metadata(model) if model is not None else None) or default_labels
     adapter = make_adapter(model_type, labels, input_size, config)
