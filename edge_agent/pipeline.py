@@ -29,6 +29,7 @@ from edge_agent.stages import (
     StageSettings,
     Work,
     default_stages,
+    device_of,
     uses_device_chain,
 )
 from edge_agent.stats import PipelineStats
@@ -201,6 +202,9 @@ class Pipeline:
             chains = ("device", "host") if self._on_device else ("host", "device")
             raise SwapError(f"engine {engine.path} would need the {chains[1]} chain; this pipeline runs the "
                             f"{chains[0]} chain (same backend and device only)")
+        if engine is not None and self._on_device and device_of(engine) != device_of(current.engine):
+            raise SwapError(f"engine {engine.path} runs on {device_of(engine)}; the device chain uploads to "
+                            f"{device_of(current.engine)}")
         if engine is not None:
             try:  # another model family would need another adapter: refuse, nothing changes
                 self.decoder.check_engine(engine.input_size, engine.output_names)

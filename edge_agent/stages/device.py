@@ -65,17 +65,23 @@ class DeviceUpload(_Streamed):
     def __init__(self, adapter: ModelAdapter, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(device)
         self.adapter = adapter
-        self.dtype = dtype
-        self._pinned: dict[tuple[int, ...], list[tuple[torch.Tensor, Any]]] = {}  # by shape: buffers in turn
+        self.dtype = dtype  # the first engine's; each batch takes its own engine's input dtype
+        # Per frame shape, two pinned buffers used in turn (one being copied, one being filled), each with room
+        # for the most frames of that shape a batch has had: partial batches share them ([:n]), so real-time
+        # batches of every size pin no more than two buffers per camera resolution.
+        self._pinned: dict[tuple[int, ...], list[tuple[torch.Tensor, Any]]] = {}
 
-    def _staging(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """A pinned host buffer of ``shape`` whose last copy to the device is done (two in turn per shape)."""
-        ring = self._pinned.setdefault(shape, [])
-        if len(ring) < 2:
-            return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        buf, done = ring.pop(0)
-        if done is not None:
-            done.synchronize()
+    def _staging(self, frame_shape: tuple[int, ...], frames: int) -> torch.Tensor:
+        """A pinned host buffer with room for ``frames`` frames of ``frame_shape`` whose last copy is done."""
+        ring = self._pinned.setdefault(frame_shape, [])
+        buf: torch.Tensor | None = None
+        if len(ring) >= 2:
+            buf, done = ring.pop(0)
+            if done is not None:
+                done.synchronize()
+        if buf is None or buf.shape[0] < frames:
+            rows = 1 << max(0, frames - 1).bit_length()  # grow in powers of two: few reallocations
+            buf = torch.empty((rows, *frame_shape), dtype=torch.uint8, pin_memory=True)
         return buf
 
     def process(self, work: Work) -> None:
@@ -91,16 +97,18 @@ class DeviceUpload(_Streamed):
                 for i, im in enumerate(images):
                     groups.setdefault(im.shape, []).append(i)
                 for shape, index in groups.items():
-                    key = (len(index), *shape)
-                    host = self._staging(key)
+                    buffer = self._staging(shape, len(index))
+                    host = buffer[:len(index)]
                     np.stack([images[i] for i in index], out=host.numpy())  # the one host copy
                     dev = host.to(self.device, non_blocking=True)
-                    self._pinned[key].append((host, self._record()))
+                    self._pinned[shape].append((buffer, self._record()))
                     for i, t in zip(index, dev.unbind(0), strict=True):
                         slots[i] = t
                 on_device = [t for t in slots if t is not None]
-            rows = padded_batch_size(work.serving.engine, len(images))
-            batch.tensor = preprocess_on_device(on_device, self.adapter.spec, rows, self.dtype)
+            engine = work.serving.engine
+            rows = padded_batch_size(engine, len(images))
+            dtype = getattr(engine, "input_dtype", self.dtype)
+            batch.tensor = preprocess_on_device(on_device, self.adapter.spec, rows, dtype)
             batch.carry["uploaded"] = self._record()
         batch.engine_batch_size = rows
         record_stage(batch, "pre", start, time.monotonic())

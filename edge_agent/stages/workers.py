@@ -2,8 +2,10 @@
 
 The count is measured, not guessed: the first batches run with 1, 2, 4, ... workers (up to the
 CPU count and the batch size), each count timed per image over a few batches, and the stage keeps
-the fewest workers within ``margin`` of the fastest. Every later batch uses that count. OpenCV and
-NumPy release the GIL in the heavy parts, so threads scale until the cores (or memory) run out.
+the fewest workers within ``margin`` of the fastest. Later batches use that count, until batches twice
+as large as the measured ones come (the controller grew the batch size): more workers may help them, so
+the counts are measured again. OpenCV and NumPy release the GIL in the heavy parts, so threads scale
+until the cores (or memory) run out.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class MeasuredWorkers:
         self.margin = margin
         self._trials: dict[int, list[float]] = {}  # workers -> seconds per item, per measured batch
         self.chosen: int | None = workers
+        self.measured_items = 0  # the batch size the choice was measured on
 
     @property
     def workers(self) -> int:
@@ -61,6 +64,10 @@ class MeasuredWorkers:
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         if not items:
             return []
+        if self._fixed is None and self.chosen is not None and len(items) >= 2 * self.measured_items \
+                and self.chosen < self.max_workers:
+            self._trials.clear()  # larger batches than measured on: more workers may pay now
+            self.chosen = None
         if self.chosen is not None or len(items) == 1:
             return self._run(fn, items, min(self.chosen or 1, len(items)))
         count = min(self._next_trial(), len(items))
@@ -78,6 +85,7 @@ class MeasuredWorkers:
         per_item = {c: sorted(self._trials[c])[len(self._trials[c]) // 2] for c in candidates}
         best = min(per_item.values())
         self.chosen = min(c for c, t in per_item.items() if t <= best * (1 + self.margin))
+        self.measured_items = items
         log.info("%s: %d worker thread(s) (measured ms per image: %s)", self.name, self.chosen,
                  ", ".join(f"{c}: {t * 1000:.2f}" for c, t in sorted(per_item.items())))
 
