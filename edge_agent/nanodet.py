@@ -64,6 +64,7 @@ class DecoderConfig:
     score_threshold: float = 0.35
     iou_threshold: float = 0.5
     max_detections: int = 100
+    max_candidates: int = 1000  # per image, the best scores NMS considers
 
 
 class NanoDetDecoder:
@@ -106,6 +107,9 @@ class NanoDetDecoder:
         boxes = np.concatenate(boxes_all)
         scores = np.concatenate(scores_all).astype(np.float32)
         classes = np.concatenate(classes_all).astype(np.int32)
+        if scores.size > cfg.max_candidates:
+            top = np.argsort(-scores, kind="stable")[: cfg.max_candidates]
+            boxes, scores, classes = boxes[top], scores[top], classes[top]
         scale = np.array([width, height, width, height], dtype=np.float32) / INPUT_SIZE
         boxes = boxes * scale
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from edge_agent.adapters import (
     AdapterError,
+    DecoderConfig,
     ModelAdapter,
     NanoDetAdapter,
     YoloUltralyticsAdapter,
@@ -353,7 +354,7 @@ def test_registry_cli_converts_darknet(tmp_path: Path, yolov3_tiny: Path) -> Non
 class AdapterContract:
     """What every adapter promises; one subclass per family (FastStream-style contract tests)."""
 
-    def make(self) -> ModelAdapter:
+    def make(self, config: DecoderConfig | None = None) -> ModelAdapter:
         raise NotImplementedError
 
     def outputs(self, batch: int) -> dict[str, np.ndarray]:
@@ -407,17 +408,21 @@ class AdapterContract:
         levels = np.abs(device[0] - host) * np.asarray(adapter.spec.std, np.float32)[:, None, None]
         assert levels.max() <= 1.01 and levels.mean() < 0.5, (levels.max(), levels.mean())
 
-    def test_device_decode_gives_the_host_detections(self) -> None:
+    @pytest.mark.parametrize("max_candidates", [1000, 5])
+    def test_device_decode_gives_the_host_detections(self, max_candidates: int) -> None:
+        """Also where more candidates pass the score bar than NMS considers (5 of about 12 an image here): both
+        paths take the same best ones."""
         torch = pytest.importorskip("torch")
         from edge_agent.device import detections_on_device
 
-        adapter = self.make()
+        adapter = self.make(DecoderConfig(max_candidates=max_candidates))
         outputs = self.scored_outputs(3, np.random.default_rng(2))
         sizes = [(480, 640), (100, 200), (1080, 720)]
         host = adapter.decode_batch(outputs, sizes)
         device = detections_on_device({k: torch.from_numpy(v) for k, v in outputs.items()}, adapter, sizes,
                                       adapter.config)
         assert all(host), "every image has detections to compare"
+        assert all(len(dets) <= max_candidates for dets in host)
         for h_dets, d_dets in zip(host, device, strict=True):
             assert [d.class_id for d in d_dets] == [d.class_id for d in h_dets]
             for h, d in zip(h_dets, d_dets, strict=True):
@@ -449,8 +454,8 @@ def _yolo_rows(rng: np.random.Generator, batch: int, rows: int, size: tuple[int,
 
 
 class TestNanoDetContract(AdapterContract):
-    def make(self) -> ModelAdapter:
-        return NanoDetAdapter(COCO)
+    def make(self, config: DecoderConfig | None = None) -> ModelAdapter:
+        return NanoDetAdapter(COCO, config)
 
     def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out = {}
@@ -474,8 +479,8 @@ class TestNanoDetContract(AdapterContract):
 
 
 class TestYoloV5Contract(AdapterContract):
-    def make(self) -> ModelAdapter:
-        return YoloV5Adapter(COCO, (416, 416))
+    def make(self, config: DecoderConfig | None = None) -> ModelAdapter:
+        return YoloV5Adapter(COCO, (416, 416), config)
 
     def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"output": _yolo_rows(rng, batch, 2535, (416, 416), objectness=True)}
@@ -485,8 +490,8 @@ class TestYoloV5Contract(AdapterContract):
 
 
 class TestYoloUltralyticsContract(AdapterContract):
-    def make(self) -> ModelAdapter:
-        return YoloUltralyticsAdapter(COCO, (640, 384))
+    def make(self, config: DecoderConfig | None = None) -> ModelAdapter:
+        return YoloUltralyticsAdapter(COCO, (640, 384), config)
 
     def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         rows = _yolo_rows(rng, batch, 5040, (640, 384), objectness=False)
@@ -497,8 +502,8 @@ class TestYoloUltralyticsContract(AdapterContract):
 
 
 class TestYoloXContract(AdapterContract):
-    def make(self) -> ModelAdapter:
-        return YoloXAdapter(COCO, (640, 640))
+    def make(self, config: DecoderConfig | None = None) -> ModelAdapter:
+        return YoloXAdapter(COCO, (640, 640), config)
 
     def scored_outputs(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"output": _yolo_rows(rng, batch, 8400, (640, 640), objectness=True, raw_boxes=True)}

@@ -67,6 +67,15 @@ class DecoderConfig:
     score_threshold: float = 0.35
     iou_threshold: float = 0.5
     max_detections: int = 100
+    # Per image, the best-scoring candidates NMS considers (detectors' own post-processing caps it too): keeps
+    # a crowded or badly thresholded frame from costing quadratic time, and the host and device paths equal.
+    max_candidates: int = 1000
+
+
+def best_candidates(scores: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` best scores, best first (all of them, in that order, when fewer)."""
+    order = np.argsort(-scores, kind="stable")
+    return order[:limit]
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,8 @@ def nms_detections(
 ) -> list[Detection]:
     """Class-aware NMS on xyxy boxes (original pixels, already clipped), best score first. A box that the clip
     left empty (it lay outside the frame) is no detection."""
+    top = best_candidates(scores, config.max_candidates)
+    boxes, scores, classes = boxes[top], scores[top], classes[top]
     real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, classes = boxes[real], scores[real], classes[real]
     if boxes.shape[0] == 0:

@@ -17,7 +17,8 @@ class NanoDetAdapter:
     def __init__(self, labels: Sequence[str], config: DecoderConfig | None = None) -> None:
         config = config or DecoderConfig()
         self._decoder = nanodet.NanoDetDecoder(
-            labels, nanodet.DecoderConfig(config.score_threshold, config.iou_threshold, config.max_detections)
+            labels, nanodet.DecoderConfig(config.score_threshold, config.iou_threshold, config.max_detections,
+                                  config.max_candidates)
         )
         self.labels = self._decoder.labels
         self.input_size = (nanodet.INPUT_SIZE, nanodet.INPUT_SIZE)

@@ -118,7 +118,7 @@ def candidates_for(adapter: ModelAdapter) -> Callable[[Mapping[str, torch.Tensor
                            f"known: {', '.join(sorted(DEVICE_DECODERS))}") from None
 
 
-MAX_CANDIDATES = 1000  # per image, best scores first, before NMS (as detectors' own post-processing caps it)
+NMS_PAIRS = 1 << 24
 
 
 def detections_on_device(outputs: Mapping[str, torch.Tensor], adapter: ModelAdapter,
@@ -131,7 +131,7 @@ def detections_on_device(outputs: Mapping[str, torch.Tensor], adapter: ModelAdap
     scores, boxes, classes = cand.scores[:n], cand.boxes[:n], cand.classes[:n]
     device = boxes.device
     above = scores > config.score_threshold
-    k = min(int(above.sum(dim=1).max().item()) if n else 0, MAX_CANDIDATES)
+    k = min(int(above.sum(dim=1).max().item()) if n else 0, config.max_candidates)
     if k == 0:
         return [[] for _ in frame_sizes]
     top, index = torch.where(above, scores, torch.full_like(scores, -1.0)).topk(k, dim=1)  # sorted, best first
@@ -152,7 +152,11 @@ def detections_on_device(outputs: Mapping[str, torch.Tensor], adapter: ModelAdap
         boxes = clipped
         # A box wholly outside the frame clips to nothing; OpenCV's NMS drops it, and so does this.
         valid &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    keep = batched_greedy_nms(boxes, classes, valid, config.iou_threshold)
+    # NMS compares every pair of an image's candidates: images go in groups whose [group, K, K] temporaries
+    # stay near NMS_PAIRS elements, so one crowded frame cannot make a batch's NMS run out of memory.
+    group = max(1, NMS_PAIRS // (k * k))
+    keep = torch.cat([batched_greedy_nms(boxes[i:i + group], classes[i:i + group], valid[i:i + group],
+                                         config.iou_threshold) for i in range(0, n, group)])
     keep &= keep.cumsum(dim=1) <= config.max_detections
     rows = torch.cat([clipped, top[..., None], classes[..., None].float()], dim=-1)[keep]
     counts = keep.sum(dim=1).tolist()
