@@ -45,10 +45,10 @@ class OrderRefused(SwapError):
 
 
 class OutOfMemoryAtBatchSize(SwapError):
-    """The device ran out of memory inferring a batch size: that size is refused, the previous one serves on."""
+    """The device ran out of memory inferring a batch size: that size is refused, a smaller one serves."""
 
     def __init__(self, batch_size: int, fallback: int, figure: str) -> None:
         super().__init__(f"batch size {batch_size} ran out of device memory ({figure}); serving batch size "
-                         f"{fallback} again")
+                         f"{fallback} instead")
         self.batch_size = batch_size
         self.fallback = fallback

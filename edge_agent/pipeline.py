@@ -143,7 +143,7 @@ class Pipeline:
         self._stopping = asyncio.Event()
         self._accepted = 0
         self._last_good: ServingConfig | None = None  # the last serving config a batch was inferred with
-        self.refused_sizes: dict[int, str] = {}  # batch sizes the device ran out of memory at, and why
+        self.refused_sizes: dict[int, str] = {}  # batch sizes the device ran out of memory at (this engine), and why
         # One thread per stage: a stage sees its batches in order; its own workers (if any) fan out inside.
         self._stage_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"stage-{n}") for n in names]
         # Opens of live sources: their own threads, so dead cameras (each open blocking up to its timeout)
@@ -211,6 +211,8 @@ class Pipeline:
             except AdapterError as exc:
                 family = self.decoder.model_type
                 raise SwapError(f"engine {engine.path} does not fit the {family} adapter: {exc}") from exc
+        if engine is not None and engine is not current.engine:
+            self.refused_sizes.clear()  # another engine, another memory footprint
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if current.switched is not None and not current.switched.done():
             current.switched.cancel()  # superseded before it took effect
@@ -547,7 +549,8 @@ class Pipeline:
             except Exception as exc:
                 if stage.name != "infer" or not is_out_of_memory(exc):
                     raise
-                await loop.run_in_executor(pool, self._after_out_of_memory, stage, item, exc)
+                item.batch.carry["max_rows"] = self._after_out_of_memory(item, exc)  # here, on the loop
+                await loop.run_in_executor(pool, stage.process, item)
             else:
                 if stage.name == "infer":
                     self._last_good = item.serving
@@ -556,33 +559,41 @@ class Pipeline:
                 switched.set_result(time.monotonic())  # the first batch at the new setting is inferred
             await outbox.put(item)
 
-    def _after_out_of_memory(self, stage: BatchStage, item: Work, exc: BaseException) -> None:
+    def _after_out_of_memory(self, item: Work, exc: BaseException) -> int:
         """The device ran out of memory inferring ``item``: its batch size is refused (the switch that asked for it
-        fails with the figure), the size that served before serves again from the next batch, and this batch is
-        inferred in slices of that size, so no frame is lost. Runs on the infer stage's thread."""
+        fails with the figure), a size that fits serves from the next batch on (the one that served before, else
+        half), and the number of rows this batch is to be inferred in, slice by slice, so no frame is lost.
+        Raises ``exc`` again where no smaller size can run (a static engine serves its own size only)."""
         failed, fallback = item.serving, self._last_good
-        if fallback is None or fallback.batch_size >= failed.batch_size:
-            raise exc  # nothing smaller has served: there is no size to fall back to
+        engine = failed.engine
+        if fallback is not None and fallback.batch_size < failed.batch_size and fallback.engine is engine:
+            rows = fallback.batch_size
+        else:
+            rows = failed.batch_size // 2
+        if rows < 1 or (engine.batch_sizes is not None and rows not in engine.batch_sizes):
+            raise exc
         figure = one_line(str(exc))[:300]
-        memory = failed.engine.memory_bytes()
+        memory = engine.memory_bytes()
         if memory:
             figure += f"; the engine holds {memory / 2**20:.0f} MiB"
-        error = OutOfMemoryAtBatchSize(failed.batch_size, fallback.batch_size, figure)
-        log.warning("%s", error)
-        self._loop.call_soon_threadsafe(self._refuse_size, failed, fallback, error)
-        item.batch.carry["max_rows"] = fallback.batch_size
-        stage.process(item)
-
-    def _refuse_size(self, failed: ServingConfig, fallback: ServingConfig, error: OutOfMemoryAtBatchSize) -> None:
-        if self.serving is failed:  # no newer switch came meanwhile: serve the size that fitted
-            # On the engine that serves now (a swapped-out engine is closed after its last batch), at the size
-            # and under the generation that last worked.
-            self.serving = ServingConfig(failed.engine, fallback.batch_size, failed.model, failed.version,
-                                         fallback.generation, None, failed.artifact_sha256)
+        error = OutOfMemoryAtBatchSize(failed.batch_size, rows, figure)
+        if failed.batch_size not in self.refused_sizes:
+            log.warning("%s", error)
+        self.refused_sizes[failed.batch_size] = str(error)
+        if self.serving is failed:  # no newer switch came meanwhile: serve the size that fits
+            generation = fallback.generation if fallback is not None else failed.generation
+            self.serving = ServingConfig(engine, rows, failed.model, failed.version, generation, None,
+                                         failed.artifact_sha256)
         if failed.switched is not None and not failed.switched.done():
             failed.switched.set_exception(error)
             failed.switched.exception()  # retrieved here; the reconciler reads it when it waits on it
-        self.refused_sizes[failed.batch_size] = str(error)
+        return rows
+
+    def refusal_for(self, batch_size: int) -> str | None:
+        """Why ``batch_size`` cannot serve on this engine: the device ran out of memory at it or at a smaller size
+        (memory grows with the batch). None when nothing says so."""
+        known = [size for size in self.refused_sizes if size <= batch_size]
+        return self.refused_sizes[min(known)] if known else None
 
     async def _finish(self) -> None:
         """Account each finished batch and hand its frames to the sinks."""
@@ -608,7 +619,6 @@ class Pipeline:
                 await asyncio.to_thread(s.open)
                 s.health.enter("live")
         t0 = time.monotonic()
-        self._loop = asyncio.get_running_loop()
         self.started.set()
         try:
             async with asyncio.TaskGroup() as tg:

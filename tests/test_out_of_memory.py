@@ -98,7 +98,7 @@ async def test_a_size_that_runs_out_of_memory_is_refused_and_no_frame_is_lost(de
         switched[0].result()
     text = str(refused.value)
     assert "batch size 8 ran out of device memory" in text and "Tried to allocate 1.50 GiB" in text
-    assert "3072 MiB" in text and "serving batch size 2 again" in text
+    assert "3072 MiB" in text and "serving batch size 2 instead" in text
     assert pipeline.batch_size == 2 and 8 in pipeline.refused_sizes
     assert max(engine.rows_run) <= 4, "nothing larger than fits ran"
     for stream in ("s0", "s1"):
@@ -125,3 +125,73 @@ async def test_the_refusal_reaches_the_controller_and_the_old_size_serves_on(bro
         out = agent.pipeline.stats.frames_out
         await eventually(lambda: agent.pipeline.stats.frames_out > out + 4, 20, "batch 2 still serves")
         assert (await order(obs, topics, 2, batch_size=4)).kind == "desired_applied", "a size that fits is taken"
+        # The device said no to 8: 8 again, and anything larger, is refused at once, never tried.
+        tried = len(agent.pipeline.serving.engine.rows_run)  # type: ignore[attr-defined]
+        for generation, size in ((3, 8), (4, 16)):
+            again = await order(obs, topics, generation, batch_size=size)
+            assert again.refusal == "memory" and "batch size 8 ran out of device memory" in again.detail, again
+        assert agent.pipeline.batch_size == 4
+        out = agent.pipeline.stats.frames_out
+        await eventually(lambda: agent.pipeline.stats.frames_out > out + 8, 20, "batch 4 serves on")
+        assert set(agent.pipeline.serving.engine.rows_run[tried:]) <= {1, 2, 3, 4}  # type: ignore[attr-defined]
+
+
+async def test_out_of_memory_at_the_first_size_halves_it(decoder, short_video) -> None:
+    """Nothing smaller has served yet: half the size serves, and the batch that failed is inferred in halves."""
+    engine = MemoryBound(load_engine(MODEL), max_rows=2)
+    sink = Collect()
+    sources = await open_sources([str(short_video)])
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=False), [sink])
+    summary = await pipeline.run()
+    assert summary.frames_in == summary.frames_out == 40 and pipeline.batch_size == 2
+    assert 4 in pipeline.refused_sizes and max(engine.rows_run) <= 2
+    assert [f.seq for f in sink.frames] == list(range(40))
+
+
+class DeviceMemoryBound:
+    """PyTorch's engine on the CPU taking device tensors, as on a GPU whose memory holds ``max_rows`` rows."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.engine = load_engine(MODEL, "pytorch", {"device": "cpu"})
+        self.max_rows = max_rows
+        self.backend, self.path, self.device = "pytorch", self.engine.path, "cpu"
+        self.input_size, self.output_names = self.engine.input_size, self.engine.output_names
+        self.input_dtype = torch.float32
+        self.rows_run: list[int] = []
+
+    batch_sizes = None
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise AssertionError("the device chain feeds infer_device")
+
+    def infer_device(self, batch):  # type: ignore[no-untyped-def]
+        if batch.shape[0] > self.max_rows:
+            raise torch.cuda.OutOfMemoryError(CUDA_MESSAGE)
+        self.rows_run.append(batch.shape[0])
+        return self.engine.infer_device(batch)
+
+    def memory_bytes(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+async def test_the_device_chain_slices_a_batch_that_runs_out_of_memory(decoder, short_video) -> None:
+    from edge_agent.engines import pytorch as torch_backend
+    from edge_agent.stages import StageSettings
+
+    if not torch_backend.available():
+        pytest.skip(f"pytorch backend: {torch_backend.missing_runtime()}")
+    from edge_agent.stages.device import DeviceInfer
+
+    engine = DeviceMemoryBound(max_rows=2)
+    sink = Collect()
+    sources = await open_sources([str(short_video)])
+    pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=False, max_frames=16,
+                                                                 stages=StageSettings(device_path="always")),
+                        [sink])
+    assert isinstance(pipeline.stages[1], DeviceInfer)
+    summary = await pipeline.run()
+    assert summary.frames_in == summary.frames_out == 16 and max(engine.rows_run) <= 2
+    assert pipeline.batch_size == 2 and all(f.detections for f in sink.frames)

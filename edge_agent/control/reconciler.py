@@ -269,6 +269,9 @@ class Reconciler:
             for key in ("switch", "decision_to_first_batch"):  # nothing switched: no figure rather than 0
                 timings.pop(key, None)
             return f"{detail} kept (already serving it)"
+        known = self.pipeline.refusal_for(batch_size) if engine is None else None
+        if known is not None:  # the device ran out of memory at this size (or a smaller one) already
+            raise OrderRefused("memory", f"switch to {detail} refused: {known}")
         try:
             switched = self.pipeline.switch(batch_size=batch_size, engine=engine, model=model, version=version,
                                             generation=desired.generation, artifact_sha256=artifact_sha256)
