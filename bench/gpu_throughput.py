@@ -73,6 +73,15 @@ class GpuBusy:
         return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
+def gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
 def frames_of_video(count: int) -> list[np.ndarray]:
     source = VideoSource(str(VIDEO), "bench", loop=True)
     source.open()
@@ -106,6 +115,7 @@ def synchronise(engine: InferenceEngine) -> None:
 def raw_engine(engine: InferenceEngine, adapter: Any, images: list[np.ndarray], batch_size: int,
                seconds: float) -> float:
     tensor = device_input(engine, adapter, images, batch_size)
+    synchronise(engine)  # the upload stage wrote it on its own stream
     on_device = uses_device_chain(engine, SETTINGS.device_path)
     run = (lambda: engine.infer_device(tensor)) if on_device else (lambda: engine.infer(tensor))  # type: ignore[attr-defined]
     for _ in range(3):
@@ -199,7 +209,7 @@ def main() -> None:
               f"{row['pipeline_over_raw_engine']:.3f}  per batch pre {s['pre']:.2f} infer {s['infer']:.2f} "
               f"post {s['post']:.2f} ms  gpu busy {pipe['gpu_busy_percent']}%  workers {pipe['workers']}", flush=True)
     result = {
-        "machine": f"{platform.machine()} {psutil.cpu_count()} cores",
+        "machine": f"{platform.machine()} {psutil.cpu_count()} cores", "gpu": gpu_name(),
         "model": args.model.name, "model_type": adapter.model_type, "backend": engine.backend,
         "device": str(getattr(engine, "device", "")) or None, "precision": getattr(engine, "precision", None),
         "cuda_graphs": args.cuda_graphs, "pads_folded": getattr(engine, "pads_folded", None),

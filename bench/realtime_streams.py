@@ -82,6 +82,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     steady = [w for w in windows if w["t"] > steady_from]
     return {
         "machine": f"{platform.machine()} {psutil.cpu_count()} cores", "device": auto_probe().device_name(),
+        "gpu": getattr(engine, "device", None) and str(engine.device),
         "model": args.model.name, "backend": engine.backend, "device_path": args.device_path,
         "policy": args.policy, "streams": args.streams, "seconds": args.seconds,
         "frames_in": summary.frames_in, "frames_out": summary.frames_out, "dropped": summary.dropped,

@@ -176,3 +176,31 @@ def test_batched_nms_is_exactly_greedy_nms(seed: int) -> None:
         rows = np.nonzero(valid[b])[0]
         expected = rows[_greedy_reference(boxes[b][rows], classes[b][rows], 0.45)]
         assert np.nonzero(keep[b].numpy())[0].tolist() == expected.tolist()
+
+
+def _overflows_in_half(path: Path) -> Path:
+    """A model whose activations pass fp16's largest value (65504): x * 300, squared."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = numpy_helper.from_array(np.array(300.0, dtype=np.float32), "scale")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["images", "scale"], ["scaled"]),
+         helper.make_node("Mul", ["scaled", "scaled"], ["out"])],
+        "overflow", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 32, 32])], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fp16_is_taken_only_where_it_agrees_with_fp32(tmp_path: Path) -> None:
+    from edge_agent.engines.torch_graph import half_if_it_agrees
+
+    nanodet = load_engine(MODEL, "pytorch", {"device": "cpu"})
+    half, error = half_if_it_agrees(nanodet._module, nanodet.input_size, torch.device("cpu"))
+    assert half is not None and error < 0.02
+    assert next(half.parameters()).dtype == torch.float16 and next(nanodet._module.parameters()).dtype == torch.float32
+    overflow = load_engine(_overflows_in_half(tmp_path / "overflow.onnx"), "pytorch", {"device": "cpu"})
+    half, error = half_if_it_agrees(overflow._module, overflow.input_size, torch.device("cpu"))
+    assert half is None and error == float("inf")

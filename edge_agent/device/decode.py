@@ -90,7 +90,9 @@ def _nanodet(outputs: Mapping[str, torch.Tensor], adapter: ModelAdapter) -> Cand
         reg = outputs[f"reg_s{stride}"].float()
         b, n = cls.shape[:2]
         device = cls.device
-        bins = _BINS.setdefault(str(device), torch.arange(nanodet.REG_BINS, dtype=torch.float32, device=device))
+        if str(device) not in _BINS:
+            _BINS[str(device)] = torch.arange(nanodet.REG_BINS, dtype=torch.float32, device=device)
+        bins = _BINS[str(device)]
         dist = (reg.view(b, n, 4, nanodet.REG_BINS).softmax(dim=-1) @ bins) * stride  # left, top, right, bottom
         grid = nanodet.INPUT_SIZE // stride
         idx = torch.arange(n, device=device)

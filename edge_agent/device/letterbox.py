@@ -21,8 +21,7 @@ def preprocess_on_device(frames: Sequence[torch.Tensor], spec: PreprocessSpec, r
     in_w, in_h = spec.input_size
     device = frames[0].device
     out = torch.zeros((rows, 3, in_h, in_w), dtype=dtype, device=device)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32, device=device)).view(1, 3, 1, 1)
+    mean, inv_std = _normalisation(spec, device)
     # Frames of one size resize together: one kernel per size in the batch, not per frame.
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, f in enumerate(frames):
@@ -42,5 +41,23 @@ def preprocess_on_device(frames: Sequence[torch.Tensor], spec: PreprocessSpec, r
             canvas[:, :, p.pad_y:p.pad_y + new_h, p.pad_x:p.pad_x + new_w] = resized
         else:
             canvas = resized
-        out[torch.tensor(index, device=device)] = ((canvas - mean) * inv_std).to(dtype)
+        normalised = ((canvas - mean) * inv_std).to(dtype)
+        if index == list(range(index[0], index[0] + len(index))):
+            out[index[0]:index[0] + len(index)] = normalised  # the usual case: no index tensor to copy up
+        else:
+            out[torch.tensor(index, device=device)] = normalised
     return out
+
+
+_NORMALISATION: dict[tuple[PreprocessSpec, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _normalisation(spec: PreprocessSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std as ``[1, 3, 1, 1]`` tensors on ``device``, made once (a host-to-device copy per batch
+    would wait on the stream)."""
+    key = (spec, str(device))
+    if key not in _NORMALISATION:
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32, device=device)).view(1, 3, 1, 1)
+        _NORMALISATION[key] = (mean, inv_std)
+    return _NORMALISATION[key]

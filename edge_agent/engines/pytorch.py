@@ -7,6 +7,7 @@ where PyTorch or onnx2torch is missing the backend says so and the rest works.
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from pathlib import Path
@@ -19,6 +20,7 @@ from edge_agent.engines.base import check_io, check_model_path
 from edge_agent.errors import BackendUnavailable, ModelError
 
 KEY = "pytorch"
+log = logging.getLogger(__name__)
 
 try:
     import torch
@@ -102,16 +104,28 @@ class PyTorchEngine:
             self._module = convert(model).eval().to(self.device)
         except Exception as exc:  # onnx2torch raises NotImplementedError and friends for unsupported ops
             raise ModelError(self.path, f"onnx2torch cannot convert it ({exc})") from exc
-        # fp16 halves the memory traffic on a GPU; "auto" takes it there (the detections' agreement with fp32
-        # is checked by the tests on the sample photos), fp32 on the CPU, where half is slower.
-        self.precision = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
-        self.input_dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        if self.precision == "fp16":
-            self._module = self._module.half()
-        from edge_agent.engines.torch_graph import GraphRunner, fold_constant_pads
+        from edge_agent.engines.torch_graph import GraphRunner, fold_constant_pads, half_if_it_agrees
 
         self.pads_folded = fold_constant_pads(self._module)
+        # fp16 halves the memory traffic on a GPU. "auto" takes it there only if this model's fp16 outputs agree
+        # with its fp32 ones on a probe input (a model whose activations overflow fp16 stays fp32; the
+        # detections' agreement is checked by the tests on the sample photos); fp32 on the CPU, where half is slower.
+        self.precision = "fp16" if precision == "fp16" else "fp32"
+        self.fp16_error: float | None = None  # the probe's worst relative difference, where it ran
+        if precision == "fp16":
+            self._module = self._module.half()
+        elif precision == "auto" and self.device.type == "cuda":
+            half, self.fp16_error = half_if_it_agrees(self._module, self.input_size, self.device)
+            if half is not None:
+                self._module, self.precision = half, "fp16"
+            else:
+                log.warning("%s: fp16 outputs differ from fp32 by %.3g (relative): serving fp32", self.path,
+                            self.fp16_error)
+        self.input_dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self._run = GraphRunner(self._module, self.device) if cuda_graphs and self.on_gpu else self._module
+        if self.on_gpu:
+            # .to() and .half() were queued on the default stream; the stages run on streams of their own.
+            torch.cuda.synchronize(self.device)
 
     @property
     def on_gpu(self) -> bool:

@@ -1,4 +1,5 @@
-"""Tidying an onnx2torch module for the GPU: constant pads folded, and CUDA graphs per batch size.
+"""Tidying an onnx2torch module for the GPU: constant pads folded, fp16 where it agrees with fp32, and CUDA
+graphs per batch size.
 
 onnx2torch turns an opset >= 11 ``Pad`` into ``OnnxPadDynamic``, which reads its pads with ``.tolist()`` on
 every call: a device-to-host sync that also breaks CUDA-graph capture. Where the pads (and the fill value) are
@@ -7,6 +8,7 @@ constants of the graph, the module is replaced by ``OnnxPadStatic`` with those v
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -61,6 +63,37 @@ def _onnx_mode(dynamic: Any) -> str:
     return {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[dynamic.mode]
 
 
+FP16_TOLERANCE = 0.02  # of each output's fp32 range
+
+
+def half_if_it_agrees(module: Any, input_size: tuple[int, int], device: torch.device,
+                      tolerance: float = FP16_TOLERANCE) -> tuple[Any | None, float]:
+    """An fp16 copy of ``module`` if its outputs on a probe input stay within ``tolerance`` of the fp32 ones (each
+    relative to that output's largest magnitude, and finite), else None; with the worst difference found.
+    The probe is smooth noise in the range normalised images take: it finds overflow and layers that lose too
+    much in fp16, not a model's accuracy on real scenes (the tests compare detections on the sample photos)."""
+    generator = torch.Generator().manual_seed(0)
+    width, height = input_size
+    coarse = torch.rand((1, 3, height // 8 + 1, width // 8 + 1), generator=generator) * 4.0 - 2.0
+    probe = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear").to(device)
+    half = copy.deepcopy(module).half()
+    with torch.inference_mode():
+        full_out = _as_tuple(module(probe))
+        half_out = _as_tuple(half(probe.half()))
+    worst = 0.0
+    for f, h in zip(full_out, half_out, strict=True):
+        h = h.float()
+        if not torch.isfinite(h).all():
+            return None, float("inf")
+        scale = max(1e-6, float(f.abs().max()))
+        worst = max(worst, float((f - h).abs().max()) / scale)
+    return (half if worst <= tolerance else None), worst
+
+
+def _as_tuple(outputs: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
 class GraphRunner:
     """CUDA graphs of ``module``, one per input shape, captured at the first batch of that shape and replayed
     after: one launch per batch instead of one per layer. The outputs are copied out of the graph's buffers
@@ -71,6 +104,7 @@ class GraphRunner:
         self.device = device
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, Any]] = {}
         self.failed: dict[tuple[int, ...], str] = {}
+        self._pool: Any = None  # one memory pool shared by every size's graph, not one each
 
     def __call__(self, batch: torch.Tensor) -> Any:
         key = tuple(batch.shape)
@@ -97,6 +131,10 @@ class GraphRunner:
                 self.module(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # thread_local: the upload and decode stages keep allocating and copying on their own threads while
+        # this one captures; the default ("global") mode would make their calls fail during the capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             static_out = self.module(static_in)
         return graph, static_in, static_out
