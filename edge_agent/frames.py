@@ -51,5 +51,6 @@ class Batch:
     # Between stages: the engine input (a NumPy array, or a device tensor on the GPU path), then its outputs.
     tensor: Any = None
     outputs: Mapping[str, Any] | None = None
-    # Stage-private state that travels with the batch (e.g. the device path's event and frame placements).
+    # Stage-private state that travels with the batch (the upload's CUDA event; the rows to infer at a time
+    # after an out-of-memory).
     carry: dict[str, Any] = field(default_factory=dict)

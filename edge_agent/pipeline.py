@@ -633,8 +633,10 @@ class Pipeline:
             # Each close waits out a read still running on its thread (up to a camera's read timeout):
             # together, so several stalled cameras cost one timeout, not one each.
             await asyncio.gather(*(asyncio.to_thread(s.close) for s in (*self.sources, *self.parked)))
-            for pool in (*self._stage_pools, self._open_pool, self._read_pool):
+            for pool in (self._open_pool, self._read_pool):
                 pool.shutdown(wait=False)
+            # A stage is closed once its thread is done with it (after a cancellation one may still be in a batch).
+            await asyncio.gather(*(asyncio.to_thread(pool.shutdown, True) for pool in self._stage_pools))
             for stage in self.stages:
                 stage.close()
             self._finished = True

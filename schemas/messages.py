@@ -79,7 +79,7 @@ RefusalReason = Literal[
     "unknown_version",  # the model has no such version
     "no_artifact",  # no artifact of the model/version serves this batch size on this device
     "fetch_error",  # the registry could not be read, or the download failed its sha256/size check
-    "memory",  # the memory guard's estimate does not fit beside the serving engine
+    "memory",  # the memory guard's estimate does not fit, or the device ran out of memory at that size
     "load_error",  # loading or warming up the new engine raised (any exception)
     "bad_input",  # an order that cannot apply to this agent (e.g. addressed to another agent)
     "no_registry",  # needs another engine (model, version or batch size) and no registry is configured

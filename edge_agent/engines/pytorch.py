@@ -1,8 +1,10 @@
 """PyTorch backend: the ONNX model converted by onnx2torch, run on CUDA when PyTorch sees a GPU.
 
-For GPU machines that have PyTorch but where TensorRT and onnxruntime-gpu cannot be installed:
-it gives real GPU timings per batch size through the same pipeline and profiler. Import-guarded:
-where PyTorch or onnx2torch is missing the backend says so and the rest works.
+For GPU machines that have PyTorch but where TensorRT and onnxruntime-gpu cannot be installed. On a GPU
+it takes device tensors (``infer_device``), so the device chain (edge_agent/stages/device.py) feeds it
+without the host; constant pads are folded, fp16 is used where it agrees with fp32, and CUDA graphs per
+batch size are an option. Import-guarded: where PyTorch or onnx2torch is missing the backend says so
+and the rest works.
 """
 
 from __future__ import annotations
