@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="onnxruntime (CPU, or its CUDA/TensorRT providers), tensorrt (--model is a .plan "
                       "serving every size asked), pytorch (the ONNX through onnx2torch, on CUDA if present)")
     prof.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
+    prof.add_argument("--device-path", choices=["auto", "always", "never"], default="auto",
+                      help="the chain to measure, as run --device-path chooses it (default: auto)")
     prof.add_argument("--registry", default=None, help="measure, per batch size, the artifact this device would "
                       "load from this registry (a directory or mongodb://...): per-size TensorRT engines, static "
                       "ONNX, ... instead of --model")
@@ -476,7 +478,7 @@ def profile_command(args: argparse.Namespace) -> int:
     report = run_profile(
         args.model, args.source, args.batch_sizes, decoder, probe, fps=args.fps,
         batches=args.batches, backend=args.backend, progress=lambda m: print(m, file=sys.stderr),
-        engine_for=engine_for,
+        engine_for=engine_for, stages=StageSettings(device_path=args.device_path),
     )
     report = report.model_copy(update={"model": model_label, "backend": backend_label})
     print_profile(report)

@@ -18,7 +18,7 @@ from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.frames import Batch, Frame
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
-from edge_agent.stages import BatchStage, MeasuredWorkers, ServingConfig, Work, default_stages
+from edge_agent.stages import BatchStage, MeasuredWorkers, ServingConfig, StageSettings, Work, default_stages
 from schemas import ProfileReport, ProfileRow
 
 if TYPE_CHECKING:
@@ -67,11 +67,12 @@ def read_frames(uri: str, count: int) -> tuple[list[np.ndarray], float]:
 
 
 def profile_batch_size(
-    engine: InferenceEngine, decoder: ModelAdapter, frames: list[np.ndarray], batch_size: int, batches: int
+    engine: InferenceEngine, decoder: ModelAdapter, frames: list[np.ndarray], batch_size: int, batches: int,
+    stages: StageSettings | None = None,
 ) -> tuple[float, float, float]:
     """Mean (pre_ms, infer_ms, post_ms) per batch over ``batches`` batches, through the chain the pipeline
     builds for this engine (host or device), after warm-up batches that also settle its worker counts."""
-    chain = default_stages(engine, decoder, {})
+    chain = default_stages(engine, decoder, {}, stages)
     pre_t: list[float] = []
     infer_t: list[float] = []
     post_t: list[float] = []
@@ -130,6 +131,7 @@ def run_profile(
     backend: str = "onnxruntime",
     progress: Callable[[str], None] = lambda _msg: None,
     engine_for: Callable[[int], tuple[InferenceEngine, str]] | None = None,
+    stages: StageSettings | None = None,
 ) -> ProfileReport:
     """Measure each batch size on a fresh engine: ``model`` on ``backend``, or, with ``engine_for``,
     whatever engine it returns for that size (with a description), e.g. a registry's artifacts."""
@@ -155,7 +157,7 @@ def run_profile(
         with PeakMemorySampler(memory_now) as peak:
             engine, described = open_engine(size)
             try:
-                pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches)
+                pre, infer, post = profile_batch_size(engine, decoder, frames, size, batches, stages)
             finally:
                 engine.close()
         total = pre + infer + post
