@@ -395,7 +395,8 @@ class AdapterContract:
 
     @pytest.mark.parametrize("shape", [(37, 53, 3), (480, 640, 3), (1080, 720, 3), (416, 416, 3)])
     def test_device_preprocess_matches_the_host(self, shape: tuple[int, int, int]) -> None:
-        torch = pytest.importorskip("torch")
+        torch = pytest.importorskip(
+            "torch", reason="PyTorch (scripts/test.sh installs it): the device chain runs on PyTorch tensors")
         from edge_agent.device import preprocess_on_device
 
         adapter = self.make()
@@ -412,7 +413,8 @@ class AdapterContract:
     def test_device_decode_gives_the_host_detections(self, max_candidates: int) -> None:
         """Also where more candidates pass the score bar than NMS considers (5 of about 12 an image here): both
         paths take the same best ones."""
-        torch = pytest.importorskip("torch")
+        torch = pytest.importorskip(
+            "torch", reason="PyTorch (scripts/test.sh installs it): the device chain runs on PyTorch tensors")
         from edge_agent.device import detections_on_device
 
         adapter = self.make(DecoderConfig(max_candidates=max_candidates))

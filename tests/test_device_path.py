@@ -24,7 +24,7 @@ from schemas import Detection
 from tests.conftest import IMAGES, LABELS, MODEL, VIDEO
 from tests.test_adapters import _ultralytics_layout, iou
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="PyTorch (scripts/test.sh installs it) runs the device chain here")
 from edge_agent.engines import pytorch as torch_backend  # noqa: E402
 
 if not torch_backend.available():

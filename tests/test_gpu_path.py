@@ -119,7 +119,9 @@ def test_version_shims_pick_what_the_engine_has() -> None:
 HAS_TORCH = torch_backend.available()
 
 
-@pytest.mark.skipif(HAS_TORCH, reason="PyTorch is installed: test_pytorch_backend_matches_onnxruntime covers it")
+@pytest.mark.skipif(HAS_TORCH, reason="PyTorch is installed here: its real path runs in "
+                    "test_pytorch_backend_matches_onnxruntime, and test_cli's "
+                    "test_pytorch_missing_is_one_line_and_exit_2 runs the missing path with torch shadowed")
 def test_without_pytorch_the_backend_says_so() -> None:
     with pytest.raises(BackendUnavailable, match="PyTorch is not installed|onnx2torch is not installed"):
         load_engine(MODEL, "pytorch")
