@@ -92,13 +92,9 @@ def frames_of_video(count: int) -> list[np.ndarray]:
 
 def device_input(engine: InferenceEngine, adapter: Any, images: list[np.ndarray], batch_size: int) -> Any:
     """The engine's input for ``batch_size`` frames, made the way the pipeline's chain makes it."""
-    from edge_agent.stages import Work, default_stages
+    from edge_agent.stages import default_stages, work_of
 
-    now = time.monotonic()
-    from edge_agent.frames import Frame
-
-    frames = [Frame("b", i, images[i % len(images)], now, now + 60, time.time()) for i in range(batch_size)]
-    work = Work(Batch(frames, target_size=batch_size), ServingConfig(engine, batch_size))
+    work = work_of([images[i % len(images)] for i in range(batch_size)], engine, "bench")
     chain = default_stages(engine, adapter, {}, SETTINGS)
     chain[0].process(work)
     chain[0].close()

@@ -5,7 +5,6 @@ the figures are those of the path that serves) so each stage time is clean."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +14,10 @@ import psutil
 
 from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import InferenceEngine, load_engine
-from edge_agent.frames import Batch, Frame
+from edge_agent.frames import Batch
 from edge_agent.probes import ResourceProbe
 from edge_agent.sources import VideoSource
-from edge_agent.stages import BatchStage, MeasuredWorkers, ServingConfig, StageSettings, Work, default_stages
+from edge_agent.stages import BatchStage, MeasuredWorkers, StageSettings, default_stages, work_of
 from schemas import ProfileReport, ProfileRow
 
 if TYPE_CHECKING:
@@ -106,9 +105,7 @@ def time_stages(engine: InferenceEngine, decoder: ModelAdapter, images: list[np.
     overlap; seconds spent in (pre-processing, inference, decode + NMS)."""
     own = chain is None
     stages = default_stages(engine, decoder, {}) if chain is None else chain
-    now = time.monotonic()
-    work = Work(Batch([Frame("profile", i, im, now, now + 3600.0, time.time()) for i, im in enumerate(images)],
-                      target_size=len(images)), ServingConfig(engine, len(images)))
+    work = work_of(images, engine, "profile")
     try:
         for stage in stages:
             stage.process(work)

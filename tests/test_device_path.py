@@ -4,7 +4,6 @@ CUDA streams and pinned memory."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -15,11 +14,10 @@ import pytest
 from edge_agent.adapters import ModelAdapter, adapter_for
 from edge_agent.engines import InferenceEngine, load_engine
 from edge_agent.errors import SwapError
-from edge_agent.frames import Batch, Frame
 from edge_agent.nanodet import load_labels
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.sources import open_sources
-from edge_agent.stages import ServingConfig, StageSettings, Work, default_stages
+from edge_agent.stages import StageSettings, default_stages, work_of
 from schemas import Detection
 from tests.conftest import IMAGES, LABELS, MODEL, VIDEO
 from tests.test_adapters import _ultralytics_layout, iou
@@ -48,14 +46,12 @@ def _run_chain(engine: InferenceEngine, adapter: ModelAdapter, images: list[np.n
                settings: StageSettings | None = None) -> list[list[Detection]]:
     """Every stage of the chain the pipeline would build, called in turn on one batch."""
     stages = default_stages(engine, adapter, {}, settings)
-    now = time.monotonic()
-    frames = [Frame("s", i, im, now, now + 10, time.time()) for i, im in enumerate(images)]
-    work = Work(Batch(frames, target_size=len(frames)), ServingConfig(engine, len(frames)))
+    work = work_of(images, engine)
     for stage in stages:
         stage.process(work)
     for stage in stages:
         stage.close()
-    return [f.detections for f in frames]
+    return [f.detections for f in work.batch.frames]
 
 
 def _found_in(a: list[Detection], b: list[Detection], threshold: float) -> None:

@@ -8,7 +8,6 @@ pipeline, the agent, mosquitto and the controller's view are all real."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.engines import InferenceEngine, is_out_of_memory, load_engine
 from edge_agent.errors import OutOfMemoryAtBatchSize
-from edge_agent.frames import Frame
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.probes.host import HostProbe
 from edge_agent.settings import AgentSettings
@@ -25,6 +23,7 @@ from schemas import Topics
 from tests.conftest import MODEL
 from tests.mqtt_helpers import eventually, observing
 from tests.test_order_lifecycle import last_status, order, running
+from tests.test_pipeline import CollectingSink
 
 try:
     import torch
@@ -74,23 +73,9 @@ def test_out_of_memory_is_told_from_other_errors() -> None:
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.batches: list[int] = []
-        self.closed = False
-
-    async def write(self, frames: Sequence[Frame]) -> None:
-        self.frames.extend(frames)
-        self.batches.append(len(frames))
-
-    async def close(self) -> None:
-        self.closed = True
-
-
 async def test_a_size_that_runs_out_of_memory_is_refused_and_no_frame_is_lost(decoder, short_video) -> None:
     engine = MemoryBound(load_engine(MODEL), max_rows=4)
-    sink = Collect()
+    sink = CollectingSink()
     sources = await open_sources([str(short_video), str(short_video)])
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=2, realtime=False), [sink])
     switched: list[asyncio.Future[float]] = []
@@ -149,7 +134,7 @@ async def test_the_refusal_reaches_the_controller_and_the_old_size_serves_on(bro
 async def test_out_of_memory_at_the_first_size_halves_it(decoder, short_video) -> None:
     """Nothing smaller has served yet: half the size serves, and the batch that failed is inferred in halves."""
     engine = MemoryBound(load_engine(MODEL), max_rows=2)
-    sink = Collect()
+    sink = CollectingSink()
     sources = await open_sources([str(short_video)])
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=False), [sink])
     summary = await pipeline.run()
@@ -196,7 +181,7 @@ async def test_the_device_chain_slices_a_batch_that_runs_out_of_memory(decoder, 
     from edge_agent.stages.device import DeviceInfer
 
     engine = DeviceMemoryBound(max_rows=2)
-    sink = Collect()
+    sink = CollectingSink()
     sources = await open_sources([str(short_video)])
     pipeline = Pipeline(sources, engine, decoder, PipelineConfig(batch_size=4, realtime=False, max_frames=16,
                                                                  stages=StageSettings(device_path="always")),

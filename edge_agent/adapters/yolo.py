@@ -15,6 +15,7 @@ and takes BGR 0..255. Scores are the best class (times objectness where there is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,10 +45,15 @@ class _YoloAdapter:
         self.labels = list(labels)
         self.input_size = input_size
         self.config = config or DecoderConfig()
-        self.spec = spec or PreprocessSpec(input_size=input_size)
+        self.spec = spec or self.default_spec(input_size)
         if self.spec.input_size != input_size:
             raise AdapterError(f"spec input size {self.spec.input_size} differs from {input_size}")
         self.output_name = output_name
+
+    @staticmethod
+    def default_spec(input_size: tuple[int, int]) -> PreprocessSpec:
+        """Centred letterbox, RGB, /255: what v5/v7, darknet and ultralytics exports take."""
+        return PreprocessSpec(input_size=input_size)
 
     def check_engine(self, input_size: tuple[int, int], output_names: Sequence[str]) -> None:
         if input_size != self.input_size:
@@ -121,16 +127,14 @@ class YoloXAdapter(_YoloAdapter):
     has_objectness = True
     strides = (8, 16, 32)
 
-    def __init__(
-        self,
-        labels: Sequence[str],
-        input_size: tuple[int, int] = (640, 640),
-        config: DecoderConfig | None = None,
-        spec: PreprocessSpec | None = None,
-        output_name: str | None = None,
-    ) -> None:
-        spec = spec or PreprocessSpec(input_size, centre=False, rgb=False, std=(1.0, 1.0, 1.0))
-        super().__init__(labels, input_size, config, spec, output_name)
+    @staticmethod
+    def default_spec(input_size: tuple[int, int]) -> PreprocessSpec:
+        """Letterbox into the top-left corner, BGR, 0..255: what YOLOX's own export takes."""
+        return PreprocessSpec(input_size, centre=False, rgb=False, std=(1.0, 1.0, 1.0))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        input_size = self.input_size
         cells: list[np.ndarray] = []
         scales: list[np.ndarray] = []
         for stride in self.strides:
@@ -138,17 +142,18 @@ class YoloXAdapter(_YoloAdapter):
             ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
             scales.append(np.full((gw * gh, 1), stride))
-        self._cells = np.concatenate(cells).astype(np.float32)
-        self._strides = np.concatenate(scales).astype(np.float32)
+        # Per row of the head: its cell's (x, y) and its stride (the device decoder uses the same grid).
+        self.cells = np.concatenate(cells).astype(np.float32)
+        self.cell_strides = np.concatenate(scales).astype(np.float32)
 
     def _predictions(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         raw = super()._predictions(outputs)
-        if raw.shape[1] != self._cells.shape[0]:
+        if raw.shape[1] != self.cells.shape[0]:
             raise AdapterError(
-                f"yolox: {raw.shape[1]} rows, but a {self.input_size} input has {self._cells.shape[0]} cells "
+                f"yolox: {raw.shape[1]} rows, but a {self.input_size} input has {self.cells.shape[0]} cells "
                 f"at strides {self.strides}"
             )
         rows = raw.astype(np.float32, copy=True)
-        rows[..., :2] = (raw[..., :2] + self._cells) * self._strides
-        rows[..., 2:4] = np.exp(raw[..., 2:4]) * self._strides
+        rows[..., :2] = (raw[..., :2] + self.cells) * self.cell_strides
+        rows[..., 2:4] = np.exp(raw[..., 2:4]) * self.cell_strides
         return rows

@@ -58,15 +58,11 @@ _GRIDS: dict[tuple[tuple[int, int], str], tuple[torch.Tensor, torch.Tensor]] = {
 
 
 def _yolox_grid(adapter: ModelAdapter, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The host adapter's cell grid (each row's cell and stride), on ``device``, made once per input size."""
     key = (adapter.input_size, str(device))
     if key not in _GRIDS:
-        cells, strides = [], []
-        for s in getattr(adapter, "strides", (8, 16, 32)):
-            gw, gh = adapter.input_size[0] // s, adapter.input_size[1] // s
-            ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-            cells.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1))
-            strides.append(torch.full((gw * gh, 1), float(s)))
-        _GRIDS[key] = (torch.cat(cells).float().to(device), torch.cat(strides).to(device))
+        _GRIDS[key] = (torch.from_numpy(adapter.cells).to(device),  # type: ignore[attr-defined]
+                       torch.from_numpy(adapter.cell_strides).to(device))  # type: ignore[attr-defined]
     return _GRIDS[key]
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 from edge_agent.adapters import ModelAdapter
 from edge_agent.engines import InferenceEngine
 from edge_agent.errors import BackendUnavailable
-from edge_agent.stages.base import BatchStage, ServingConfig, Work
+from edge_agent.stages.base import BatchStage, ServingConfig, Work, work_of
 from edge_agent.stages.decode import HostDecode
 from edge_agent.stages.filters import CameraFilters, DetectionFilter
 from edge_agent.stages.infer import HostInfer
@@ -103,4 +103,5 @@ __all__ = [
     "default_stages",
     "device_of",
     "uses_device_chain",
+    "work_of",
 ]

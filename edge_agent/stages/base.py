@@ -7,11 +7,15 @@ thread, so stages overlap like DeepStream's elements; the pipeline owns the queu
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from edge_agent.engines import InferenceEngine
-from edge_agent.frames import Batch
+from edge_agent.frames import Batch, Frame
 
 
 @dataclass
@@ -33,6 +37,14 @@ class Work:
 
     batch: Batch
     serving: ServingConfig
+
+
+def work_of(images: Sequence[np.ndarray], engine: InferenceEngine, stream_id: str = "offline") -> Work:
+    """One batch of ``images`` for ``engine``, outside a pipeline (profiling, benches, checks): frames captured
+    now, with an hour to their deadline."""
+    now, wall = time.monotonic(), time.time()
+    frames = [Frame(stream_id, i, image, now, now + 3600.0, wall) for i, image in enumerate(images)]
+    return Work(Batch(frames, target_size=len(frames)), ServingConfig(engine, len(frames)))
 
 
 @runtime_checkable
